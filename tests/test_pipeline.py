@@ -1,0 +1,99 @@
+"""The whole pipeline on the smoke profile: section notebooks through papermill, then report.html."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_all(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "run_all.py"), "--profile", "smoke", "--device", "cpu",
+               "--out", str(out), *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
+
+
+def _table_numbers(html: str, caption: str) -> list[str]:
+    start = html.index(f"<caption>{caption}</caption>")
+    table = html[start:html.index("</table>", start)]
+    return re.findall(r"<td>(\d\.\d{4})", table)
+
+
+ONE_ROW_GRID = """\
+section: reference
+title: "Baseline and reference"
+notebook: reference.ipynb
+sources: {post: "lvsolo, Focal Loss及其改进, 2024-10-24"}
+tables:
+  - key: context
+    caption: "The FPN reference"
+    rows:
+      - {key: fpn, label: "FPN/MultiHeadFPN", overrides: {neck: fpn}, published: 0.7149, source: post}
+"""
+
+
+def test_pipeline_one_run(tmp_path):
+    # The smallest real pipeline: one smoke training through its notebook, then the report.
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "reference.yaml").write_text(ONE_ROW_GRID, encoding="utf-8")
+    out = tmp_path / "reports"
+    result = _run_all(out, "--grids", str(grids))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    html = (out / "report.html").read_text(encoding="utf-8")
+    numbers = _table_numbers(html, "The FPN reference")
+    assert len(numbers) == 2
+    assert numbers[1] == "0.7149"
+    assert 'src="data:image/png;base64,' in html
+    assert "Section focal was not run" in html
+
+
+@pytest.mark.slow
+def test_pipeline_one_section(tmp_path):
+    out = tmp_path / "reports"
+    start = time.perf_counter()
+    result = _run_all(out, "--sections", "reference")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = time.perf_counter() - start
+
+    html = (out / "report.html").read_text(encoding="utf-8")
+    numbers = _table_numbers(html, "The single-head baseline and the three-head FPN reference")
+    # Two rows, each with this run's mAP and the published one.
+    assert len(numbers) == 4
+    assert "0.6709" in numbers and "0.7149" in numbers
+    with open(out / "results.csv", newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["status"] for row in rows] == ["finished", "finished"]
+    for row in rows:
+        assert (out / row["html"]).is_file()
+
+    # Run again: every run is cached, only the report is rebuilt.
+    start = time.perf_counter()
+    again = _run_all(out, "--sections", "reference")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 runs planned, 2 cached, 0 to execute" in again.stdout
+    assert time.perf_counter() - start < first
+
+
+@pytest.mark.slow
+def test_pipeline_every_section(tmp_path):
+    out = tmp_path / "reports"
+    result = _run_all(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    html = (out / "report.html").read_text(encoding="utf-8")
+    captions = ["The single-head baseline and the three-head FPN reference", "MultiHeadFPN + focal loss",
+                "MultiHeadBiFPN + focal loss", "MultiHeadAugFPN + focal loss", "MultiHeadFPN + poly focal loss",
+                "MultiHeadFPN + varifocal loss", "MultiHeadFPN + distribution focal loss"]
+    for caption in captions:
+        numbers = _table_numbers(html, caption)
+        assert numbers, caption
+    assert "(failed)" not in html and "(missing)" not in html

@@ -1,0 +1,189 @@
+"""What the notebooks show: each function displays tables (HTML) and figures in the running kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import HTML, display
+
+from . import figures
+from .published import PIPELINE_CITATION, POST_CITATION, PUBLISHED_TEST_SET, REFERENCE_ROW
+from .tables import (ReportData, class_ap_frame, escape_text, provenance_frame, section_table, simple_table_html,
+                     table_html)
+
+_STYLE = """<style>
+.yolonb-table { border-collapse: collapse; margin: 0.6em 0 1.2em 0; font-size: 0.92em; }
+.yolonb-table caption { caption-side: top; text-align: left; font-weight: bold; padding-bottom: 0.3em; }
+.yolonb-table th, .yolonb-table td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+.yolonb-table th { background: #f2f2f2; }
+.yolonb-notice { border-left: 4px solid #d9822b; background: #fff6ec; padding: 0.5em 0.8em; }
+</style>"""
+
+
+def _show_figure(figure) -> None:
+    display(figure)
+    plt.close(figure)
+
+
+def show_run(out_dir: str | Path) -> None:
+    """Show one run's headline metrics, per-class AP and loss curves (the end of each section notebook)."""
+    out_dir = Path(out_dir)
+    metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    summary = pd.DataFrame([{
+        "run_id": metrics.get("run_id"), "mAP (VOC07)": metrics.get("map_voc07"),
+        "mAP (area)": metrics.get("map_area"), "wall time (s)": metrics.get("wall_time_s"),
+        "device": metrics.get("device"),
+    }])
+    display(HTML(_STYLE + simple_table_html(summary, caption="Result of this run")))
+
+    per_class = metrics.get("per_class_ap") or {}
+    n_gt = metrics.get("n_gt") or {}
+    frame = pd.DataFrame([{"class": name, "AP (VOC07)": ap, "ground truths": n_gt.get(name)}
+                          for name, ap in per_class.items()])
+    display(HTML(simple_table_html(frame, caption="AP per class (test split)")))
+
+    history_path = out_dir / "history.csv"
+    if history_path.is_file():
+        _show_figure(figures.loss_components(pd.read_csv(history_path), title="training losses per epoch"))
+
+
+def show_notice(data: ReportData) -> None:
+    """Show the data set, the profile and, unless the data is Pascal VOC, that the numbers are not comparable."""
+    display(HTML(_STYLE))
+    finished = data.finished_metrics()
+    if not finished:
+        display(HTML('<p class="yolonb-notice">No run has finished yet, so the tables below have no numbers.</p>'))
+        return
+    data_info = finished[0].get("data") or {}
+    name = escape_text(data_info.get("name", "unknown"))
+    text = (f"<p>Data set: <strong>{name}</strong> ({data_info.get('n_train_images')} training and "
+            f"{data_info.get('n_test_images')} test images), profile <strong>"
+            f"{escape_text(data.plan.get('profile'))}</strong>, {len(data.results)} runs.</p>")
+    if not data_info.get("is_voc"):
+        text += (f'<p class="yolonb-notice">These runs did not use {PUBLISHED_TEST_SET}, so their mAP '
+                 f"<strong>cannot be compared with the published numbers</strong>; the published column is "
+                 f"shown for orientation only. Compare rows against the reference row of the same report "
+                 f"instead (the \"vs reference\" column).</p>")
+    display(HTML(text))
+
+
+def show_section(data: ReportData, section_key: str) -> None:
+    """Show every table of one section with its mAP figure, or a note when the section was not run."""
+    section = data.section(section_key)
+    if section is None:
+        display(HTML(f"<p><em>Section {escape_text(section_key)} was not run; add it with "
+                     f"<code>--sections {escape_text(section_key)}</code>.</em></p>"))
+        return
+
+    for table in section["tables"]:
+        frame = section_table(data, section_key, table["key"])
+        display(HTML(_STYLE + table_html(data, frame, caption=table["caption"])))
+        if frame["map"].notna().any() or frame["published"].notna().any():
+            _show_figure(figures.map_vs_published(frame, table["caption"]))
+
+    sources = sorted({row["citation"] for table in section["tables"] for row in table["rows"] if row["citation"]})
+    if sources:
+        display(HTML("<p>Published numbers: " + "; ".join(escape_text(s) for s in sources)
+                     + f". mAP on {PUBLISHED_TEST_SET} (11-point AP at IoU 0.5).</p>"))
+    if data.seeds > 1:
+        display(HTML("<p>≈ marks a difference smaller than the standard deviation across seeds.</p>"))
+
+    companion = section.get("companion") or []
+    if companion:
+        frame = pd.DataFrame([{"configuration": item["label"], "published mAP": item["published"]}
+                              for item in companion])
+        display(HTML(simple_table_html(frame, caption=f"Further published numbers ({PIPELINE_CITATION}), "
+                                                      f"not run here")))
+
+
+def show_loss_shapes() -> None:
+    """Show the shapes of the focal, poly, varifocal and distribution focal losses."""
+    _show_figure(figures.loss_shapes())
+
+
+def show_training_curves(data: ReportData, max_runs: int = 12) -> None:
+    """Show training loss and test mAP per epoch for up to `max_runs` finished runs."""
+    histories = {}
+    for run_id in list(data.metrics)[:max_runs]:
+        history = data.history(run_id)
+        if history is not None and len(history):
+            histories[data.label(run_id)] = history
+    if not histories:
+        display(HTML("<p><em>No training history found.</em></p>"))
+        return
+    _show_figure(figures.training_curves(histories))
+
+
+def show_class_ap(data: ReportData) -> None:
+    """Show the per-class AP of every finished run as a heat map."""
+    frame = class_ap_frame(data)
+    if frame.empty:
+        display(HTML("<p><em>No finished run.</em></p>"))
+        return
+    _show_figure(figures.class_ap_heatmap(frame))
+
+
+def best_run(data: ReportData) -> str | None:
+    """Id of the finished run with the highest VOC07 mAP."""
+    finished = data.results[data.results["status"] == "finished"].dropna(subset=["map_voc07"])
+    if finished.empty:
+        return None
+    return str(finished.sort_values("map_voc07", ascending=False)["run_id"].iloc[0])
+
+
+def reference_run(data: ReportData) -> str | None:
+    """Id of the first finished run of the reference row."""
+    rows = data.results[(data.results["row"] == REFERENCE_ROW) & (data.results["status"] == "finished")]
+    return str(rows["run_id"].iloc[0]) if len(rows) else None
+
+
+def show_pr_curves(data: ReportData) -> None:
+    """Show the precision-recall curves of the reference run and of the best run, per class."""
+    curves: dict[str, Any] = {}
+    for name, run_id in (("reference", reference_run(data)), ("best", best_run(data))):
+        if run_id is None:
+            continue
+        run_curves = data.pr_curves(run_id)
+        if run_curves:
+            curves[f"{name}: {data.label(run_id)}"] = run_curves
+    if not curves:
+        display(HTML("<p><em>No precision-recall curves found.</em></p>"))
+        return
+    _show_figure(figures.pr_curves_figure(curves))
+
+
+def show_detections(data: ReportData) -> None:
+    """Show the first test images with the detections of the best run."""
+    run_id = best_run(data)
+    samples = data.detections(run_id) if run_id else None
+    if not samples:
+        display(HTML("<p><em>No detections found.</em></p>"))
+        return
+    classes = (data.metrics[run_id].get("data") or {}).get("classes") or []
+    _show_figure(figures.detections_figure(samples, classes, title=f"best run: {data.label(run_id)}"))
+
+
+def show_provenance(data: ReportData) -> None:
+    """Show where the numbers come from: data set, classes, versions, commit, and each run's wall time."""
+    finished = data.finished_metrics()
+    first = finished[0] if finished else {}
+    data_info = first.get("data") or {}
+    versions = first.get("versions") or {}
+    facts = [
+        ("data set", data_info.get("name")), ("data root", data_info.get("root")),
+        ("fingerprint", data_info.get("fingerprint")),
+        ("training images / objects", f"{data_info.get('n_train_images')} / {data_info.get('n_train_objects')}"),
+        ("test images / objects", f"{data_info.get('n_test_images')} / {data_info.get('n_test_objects')}"),
+        ("classes", ", ".join(str(c) for c in data_info.get("classes") or [])),
+        ("is Pascal VOC", data_info.get("is_voc")), ("profile", data.plan.get("profile")),
+        ("seeds", data.seeds), ("device", first.get("device")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+        ("git commit", first.get("git_commit")), ("published numbers", POST_CITATION),
+    ]
+    frame = pd.DataFrame(facts, columns=["item", "value"])
+    display(HTML(_STYLE + simple_table_html(frame, caption="Provenance")))
+    display(HTML(simple_table_html(provenance_frame(data), caption="Runs", digits=1)))

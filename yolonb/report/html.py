@@ -1,0 +1,62 @@
+"""Convert executed notebooks into self-contained HTML pages with nbconvert."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+from nbconvert import HTMLExporter
+
+# src="..." or src='...' attributes, and CSS url(...) references.
+_SRC_PATTERN = re.compile(r"""\bsrc\s*=\s*["']([^"']*)["']""", re.IGNORECASE)
+_URL_PATTERN = re.compile(r"""url\(\s*["']?([^"')]*)["']?\s*\)""", re.IGNORECASE)
+
+
+def notebook_to_html(notebook_path: str | Path, html_path: str | Path, exclude_input: bool = True) -> Path:
+    """Convert an executed notebook to one HTML file and write it atomically.
+
+    Output images are already base64 inside the notebook; `embed_images` also turns
+    images referenced from markdown cells (paths relative to the notebook's folder) into
+    data URIs, so the page stays whole when moved.
+
+    Args:
+        notebook_path: the executed .ipynb.
+        html_path: where to write the page.
+        exclude_input: hide code cells' inputs (outputs stay).
+
+    Returns:
+        html_path as a Path.
+    """
+    notebook_path = Path(notebook_path)
+    html_path = Path(html_path)
+    notebook = nbformat.read(notebook_path, as_version=4)
+
+    exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
+                            exclude_output_prompt=exclude_input, embed_images=True)
+    resources = {"metadata": {"path": str(notebook_path.parent.resolve()), "name": notebook_path.stem}}
+    body, _ = exporter.from_notebook_node(notebook, resources=resources)
+
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = html_path.with_name(html_path.name + ".tmp")
+    temporary.write_text(body, encoding="utf-8")
+    os.replace(temporary, html_path)
+    return html_path
+
+
+def external_references(html: str) -> list[str]:
+    """List `src=` and CSS `url()` targets that are neither data URIs nor fragment links.
+
+    An empty list means the page shows the same when moved to another folder (links
+    with href= to other pages are not counted: they are navigation, not content).
+    NOTE: nbconvert's default template loads MathJax and require.js from a CDN by
+    `src="https://..."`; those are reported too, so callers filter them as they see fit.
+    """
+    targets = _SRC_PATTERN.findall(html) + _URL_PATTERN.findall(html)
+    return [target for target in targets if target and not target.startswith(("data:", "#"))]
+
+
+def local_references(html: str) -> list[str]:
+    """External references that point to files rather than to http(s) addresses."""
+    return [target for target in external_references(html) if not re.match(r"^(https?:)?//", target)]

@@ -1,0 +1,158 @@
+"""Command line of run_all.py: grids -> papermill runs -> results.csv -> report.html."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .execute import KERNEL_NAME, execute_notebook, run_notebook
+from .grids import DEFAULT_GRIDS_DIR, GridError, load_grids, select_sections
+from .plan import FAILED, Resolver, make_resolver, plan_runs
+from .results import collect_results, write_plan
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_all.py",
+        description="Train every configuration of the post's tables (each through its section notebook "
+                    "with papermill), collect the results and build reports/report.html.")
+    parser.add_argument("--data", default=None,
+                        help="VOCdevkit folder or one VOC year folder (default: the embedded synthetic data set)")
+    parser.add_argument("--profile", default="quick", help="training profile: smoke, quick or voc (default: quick)")
+    parser.add_argument("--sections", nargs="+", default=None, metavar="SECTION",
+                        help="sections to run (default: all): reference, focal, poly_focal, varifocal, dfl")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="train each configuration with seeds 0..N-1 (default: 1)")
+    parser.add_argument("--force", action="store_true", help="run again even runs that already finished")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and which are cached, run nothing")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the profile's)")
+    parser.add_argument("--out", default="reports", type=Path, help="output folder (default: reports/)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs executed at once; only 1 is supported (default: 1)")
+    parser.add_argument("--grids", default=DEFAULT_GRIDS_DIR, type=Path, help="folder of the grid YAML files")
+    parser.add_argument("--notebooks", default=DEFAULT_NOTEBOOKS_DIR, type=Path,
+                        help="folder of the section notebooks and report.ipynb")
+    parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (default: python3)")
+    parser.add_argument("--no-report", action="store_true", help="skip report.ipynb and report.html")
+    return parser
+
+
+def main(argv: list[str] | None = None, resolve: Resolver | None = None) -> int:
+    """Run the grid and build the report; return the exit code (1 when a run or the report failed).
+
+    `resolve` replaces the profile-based resolver (tests use it to avoid reading data).
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.seeds < 1:
+        print(f"error: --seeds {args.seeds} is invalid; give a number of seeds >= 1", file=sys.stderr)
+        return 2
+    if args.jobs != 1:
+        print(f"error: --jobs {args.jobs} is not supported; this version runs one notebook at a time "
+              f"(--jobs 1)", file=sys.stderr)
+        return 2
+
+    try:
+        sections = select_sections(load_grids(args.grids), args.sections)
+        if resolve is None:
+            resolve = make_resolver(args.profile, args.data, args.device)
+        runs = plan_runs(sections, args.seeds, resolve, args.out, args.notebooks)
+    except (GridError, FileNotFoundError, ValueError) as error:  # ConfigError and DataError are ValueErrors
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    # Kernels run in the notebooks folder; an absolute cache path makes them reuse the data
+    # set that planning generated instead of generating it again under notebooks/.
+    os.environ.setdefault("YOLONB_CACHE", str(Path(".cache", "yolonb").resolve()))
+    write_plan(sections, runs, args.out, profile=args.profile, data=args.data, seeds=args.seeds,
+               device=args.device)
+
+    if args.dry_run:
+        _print_plan(runs, args.force)
+        return 0
+
+    from yolonb.report.html import notebook_to_html
+
+    to_run = [run for run in runs if args.force or run.status != "cached"]
+    print(f"{len(runs)} runs planned, {len(runs) - len(to_run)} cached, {len(to_run)} to execute", flush=True)
+    for run in tqdm(to_run, desc="runs", unit="run"):
+        run_notebook(run, kernel_name=args.kernel, force=args.force)
+        _convert_quietly(notebook_to_html, run.output_notebook, run.html_path)
+        mark = f"mAP {_run_map(run):.4f}" if run.status != FAILED else f"FAILED ({run.error})"
+        tqdm.write(f"{run.run_id}  {run.row} seed {run.seed}: {mark}, {run.wall_time_s:.0f} s")
+
+    for run in runs:
+        if run.status == "cached" and not run.html_path.exists() and run.output_notebook.exists():
+            _convert_quietly(notebook_to_html, run.output_notebook, run.html_path)
+
+    collect_results(runs, args.out)
+    failed = [run for run in runs if run.status == FAILED]
+
+    report_ok = True
+    if not args.no_report:
+        report_ok = build_report(args.out, args.notebooks, args.kernel)
+
+    for run in failed:
+        print(f"FAILED {run.run_id} ({run.row}, seed {run.seed}): {run.error}\n"
+              f"  notebook: {run.output_notebook}\n  log: {run.log_path}", file=sys.stderr)
+    return 1 if failed or not report_ok else 0
+
+
+def _run_map(run) -> float:
+    import json
+
+    metrics = json.loads((run.run_dir / "metrics.json").read_text(encoding="utf-8"))
+    return float(metrics["map_voc07"])
+
+
+def _convert_quietly(convert, notebook: Path, html: Path) -> None:
+    # A broken notebook file must not stop the other runs; its log still records what happened.
+    if not notebook.exists():
+        return
+    try:
+        convert(notebook, html, exclude_input=False)
+    except Exception as error:  # noqa: BLE001
+        logger.error("converting %s to HTML failed: %s", notebook, error)
+
+
+def build_report(out_dir: Path, notebooks_dir: Path, kernel_name: str = KERNEL_NAME) -> bool:
+    """Execute report.ipynb on `out_dir` and convert it to `out_dir/report.html`; True when both worked."""
+    from yolonb.report.html import notebook_to_html
+
+    out_dir = Path(out_dir)
+    executed = out_dir / "report.ipynb"
+    log = out_dir / "report.log"
+    start = time.perf_counter()
+    try:
+        execute_notebook(Path(notebooks_dir) / "report.ipynb", executed, {"out_dir": str(out_dir.resolve())},
+                         log, kernel_name=kernel_name, cwd=out_dir)
+    except Exception as error:  # noqa: BLE001 - reported with the paths that show the cause
+        print(f"FAILED report: {error}\n  notebook: {executed}\n  log: {log}", file=sys.stderr)
+        if executed.exists():
+            _convert_quietly(notebook_to_html, executed, out_dir / "report.html")
+        return False
+
+    notebook_to_html(executed, out_dir / "report.html", exclude_input=True)
+    print(f"report: {out_dir / 'report.html'} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return True
+
+
+def _print_plan(runs, force: bool) -> None:
+    print(f"{'run_id':12}  {'status':8}  {'seed':>4}  row")
+    for run in runs:
+        status = "cached" if run.status == "cached" and not force else "to run"
+        print(f"{run.run_id:12}  {status:8}  {run.seed:>4}  {run.row}")
+    cached = sum(run.status == "cached" for run in runs)
+    print(f"{len(runs)} runs, {cached} cached" + (" (--force runs them again)" if force and cached else ""))
