@@ -105,9 +105,9 @@ def test_generate_writes_voc_layout(tmp_path):
         with Image.open(root / "JPEGImages" / f"{image_id}.jpg") as image:
             assert image.mode == "RGB"
             assert image.size == (annotation["width"], annotation["height"])
-        assert 160 <= annotation["width"] <= 256
-        assert 160 <= annotation["height"] <= 256
-        assert 1 <= len(annotation["objects"]) <= 8
+        assert 128 <= annotation["width"] <= 192
+        assert 128 <= annotation["height"] <= 192
+        assert 1 <= len(annotation["objects"]) <= 6
 
 
 def test_generate_rejects_existing_data_set(tmp_path):
@@ -187,11 +187,11 @@ def test_object_sizes_span_strides(medium_set):
     sides = np.array([max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) for o in objects if not o["truncated"]])
 
     assert sides.min() <= 12
-    assert sides.max() >= 90
-    # Shares of the sizes that stride 8, 16 and 32 levels serve best at this resolution.
-    assert (sides < 24).mean() >= 0.15
-    assert ((sides >= 24) & (sides < 56)).mean() >= 0.15
-    assert (sides >= 56).mean() >= 0.15
+    assert sides.max() >= 70
+    # Shares of the sizes that the stride 8, 16 and 32 levels take at a 160-pixel input.
+    assert (sides < 20).mean() >= 0.15
+    assert ((sides >= 20) & (sides < 45)).mean() >= 0.15
+    assert (sides >= 45).mean() >= 0.15
 
 
 def test_boxes_inside_images_with_hard_cases(medium_set):

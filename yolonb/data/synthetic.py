@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 # Part of the cache folder name: raise it whenever a change alters the generated files, so
 # a cache written by an older generator is never reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # Sorted, so the class list that a VOC reader discovers from the annotations (sorted names)
 # is this tuple in the same order.
@@ -54,6 +54,22 @@ DEFAULT_CLASS_WEIGHTS: dict[str, float] = {
     "cross": 0.22,
     "star": 0.15,
     "arrow": 0.1,
+}
+
+# One base colour per class (RGB). Objects take it with probability
+# class_colour_probability, so colour helps a detector trained for a minute on a CPU
+# without deciding the class on its own.
+CLASS_PALETTE: dict[str, np.ndarray] = {
+    name: np.array(rgb, dtype=np.float32)
+    for name, rgb in {
+        "disc": (220, 50, 50),
+        "square": (50, 90, 220),
+        "triangle": (230, 210, 40),
+        "ring": (40, 190, 80),
+        "cross": (200, 60, 200),
+        "star": (60, 210, 220),
+        "arrow": (240, 140, 30),
+    }.items()
 }
 
 # Unlabelled shapes that each resemble a class: ellipse and disc, bar and square, frame and
@@ -89,18 +105,19 @@ class SyntheticConfig:
     n_test: int = 120
     seed: int = 0
     val_fraction: float = 0.2
-    image_size: tuple[int, int] = (160, 256)
-    object_size: tuple[float, float] = (8.0, 110.0)
-    objects_per_image: tuple[int, int] = (1, 8)
+    image_size: tuple[int, int] = (128, 192)
+    object_size: tuple[float, float] = (10.0, 80.0)
+    objects_per_image: tuple[int, int] = (1, 6)
     class_weights: tuple[tuple[str, float], ...] = tuple(DEFAULT_CLASS_WEIGHTS.items())
-    distractors_per_image: tuple[int, int] = (0, 3)
-    clutter_per_image: tuple[int, int] = (2, 10)
+    distractors_per_image: tuple[int, int] = (0, 2)
+    clutter_per_image: tuple[int, int] = (1, 6)
     truncation_probability: float = 0.12
     min_visible: float = 0.3
     difficult_visible: float = 0.5
     difficult_size: float = 12.0
     min_contrast: float = 60.0
-    noise_sigma: tuple[float, float] = (3.0, 10.0)
+    class_colour_probability: float = 0.6
+    noise_sigma: tuple[float, float] = (2.0, 6.0)
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
@@ -122,6 +139,10 @@ class SyntheticConfig:
             raise ValueError(
                 f"min_visible={self.min_visible} and difficult_visible={self.difficult_visible} are invalid: "
                 "use 0 <= min_visible <= difficult_visible <= 1"
+            )
+        if not 0 <= self.class_colour_probability <= 1:
+            raise ValueError(
+                f"class_colour_probability={self.class_colour_probability} is invalid: use a value between 0 and 1"
             )
         if not 0 <= self.truncation_probability <= 1:
             raise ValueError(
@@ -355,10 +376,22 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return image
 
 
-def _object_colour(rng: np.random.Generator, background_luminance: float, min_contrast: float) -> np.ndarray:
-    """Draw a colour of any hue whose luminance differs from the background by min_contrast."""
+def _object_colour(
+    rng: np.random.Generator,
+    background_luminance: float,
+    min_contrast: float,
+    palette_colour: np.ndarray | None = None,
+) -> np.ndarray:
+    """Draw a colour whose luminance differs from the background by min_contrast.
+
+    With ``palette_colour`` the colour is that one, jittered by up to 30 per channel;
+    otherwise it has any hue.
+    """
     for _ in range(20):
-        colour = _random_colour(rng)
+        if palette_colour is not None:
+            colour = np.clip(palette_colour + rng.uniform(-30, 30, size=3), 0, 255).astype(np.float32)
+        else:
+            colour = _random_colour(rng)
         if abs(float(_luminance(colour)) - background_luminance) >= min_contrast:
             return colour
     return np.full(3, 0.0 if background_luminance > 127.5 else 255.0, dtype=np.float32)
@@ -528,7 +561,13 @@ def _render_image(config: SyntheticConfig, index: int) -> tuple[np.ndarray, list
 
         rows, cols, alpha = clipped
         local_luminance = float(np.median(background_luminance[rows, cols][alpha >= _AREA_ALPHA])) if (alpha >= _AREA_ALPHA).any() else 127.5
-        _composite(image, clipped, _object_colour(rng, local_luminance, config.min_contrast), rng)
+        # A class colour is a hint, not an answer: distractors wear the class colours as
+        # often as objects do, so colour alone never separates a class from a look-alike.
+        palette_colour = None
+        if rng.uniform() < config.class_colour_probability:
+            palette_name = name if role == "object" else names[int(rng.integers(len(names)))]
+            palette_colour = CLASS_PALETTE[palette_name]
+        _composite(image, clipped, _object_colour(rng, local_luminance, config.min_contrast, palette_colour), rng)
 
         for p, lost in zip(placed, losses):
             p.visible -= int(lost)

@@ -107,12 +107,16 @@ def train_transform(size: int, augment: str = "ssd") -> v2.Transform:
             v2.RandomHorizontalFlip(p=0.5),
         ]
     elif augment == "shapes":
+        # Resizing first makes every later step work on the small network input, which
+        # roughly halves the loader's time per image at 128 pixels. Hue jitter is left
+        # out because it costs more than all other steps together, and colours are not
+        # permuted because the synthetic classes carry a colour hint.
         steps = [
+            v2.Resize((size, size), antialias=True),
             v2.RandomHorizontalFlip(p=0.5),
             v2.RandomVerticalFlip(p=0.5),
             RandomRotation90(),
-            v2.RandomChannelPermutation(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             v2.RandomAffine(degrees=0.0, translate=(0.05, 0.05), scale=(0.8, 1.2)),
         ]
     elif augment == "none":
