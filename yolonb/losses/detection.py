@@ -75,7 +75,8 @@ class LossSpec:
             focal form), "focal_softmax_neg" and "focal_sigmoid_neg" (focal with the
             negative-class term, softmax or sigmoid probabilities), "poly_focal",
             "varifocal" or "quality_focal" (IoU-aware, over all cells).
-        alpha, gamma: focal parameters (also the varifocal negative weight and power).
+        alpha, gamma: focal parameters, also the varifocal negative weight and power.
+            The default alpha 0.25 is the post's; the varifocal paper uses 0.75.
         poly_scale, poly_pow: poly focal parameters.
         qfl_beta: quality focal exponent.
         box_loss: "yolo" (BCE on offsets, MSE on log sizes) or "dfl" (distribution focal

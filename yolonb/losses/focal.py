@@ -436,7 +436,8 @@ def quality_focal_loss(
         target_score: (N, C) targets in [0, 1]: the IoU of a positive's predicted box
             with its ground truth at its class, 0 elsewhere.
         beta: exponent of the modulating factor, >= 0 (the paper uses 2). Below 1 the
-            gradient is infinite where p equals q exactly.
+            factor's gradient is cut to 0 where p equals q exactly, where it would
+            otherwise be NaN.
         reduction: "none" returns (N, C) values, "mean" their mean over all N * C
             elements, "sum" their sum.
 
@@ -452,7 +453,8 @@ def quality_focal_loss(
     _check_score_target(logits, target_score)
 
     bce = F.binary_cross_entropy_with_logits(logits, target_score, reduction="none")
-    modulating = (target_score - torch.sigmoid(logits)).abs().pow(beta)
+    # The floor keeps the gradient of |q - p|^beta finite at p = q for beta < 1.
+    modulating = (target_score - torch.sigmoid(logits)).abs().clamp_min(1e-12).pow(beta)
     loss = modulating * bce
 
     return _reduce(loss, reduction)

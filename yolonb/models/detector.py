@@ -87,8 +87,8 @@ def build_detector(num_classes: int, neck: str = "fpn", upsample: str = "nearest
 
     Args:
         num_classes: number of object classes C (background is not a class).
-        neck: "single" (SPP + SAM + CSP on C5, one stride-32 head, the original new-YOLOv1
-            model), "fpn" (MultiHeadFPN), "bifpn" (MultiHeadBiFPN) or "augfpn" (MultiHeadAugFPN).
+        neck: "single" (SPP + SAM + CSP on C5, one stride-32 head, modelled on the
+            original new-YOLOv1 model), "fpn" (MultiHeadFPN), "bifpn" (MultiHeadBiFPN) or "augfpn" (MultiHeadAugFPN).
         upsample: "nearest" or "bilinear" interpolation in the top-down paths.
         pretrained: True requires torchvision's ImageNet weights, None uses them when cached
             or downloadable and otherwise warns once and trains from scratch, False never

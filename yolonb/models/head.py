@@ -34,7 +34,9 @@ class DetectionHead(nn.Module):
         in_channels: channels of the level's feature map.
         num_classes: C.
         num_box: D (see `box_channels`).
-        prior_probability: initial objectness and class probability. The matching bias
+        prior_probability: initial objectness probability, and the initial class
+            probability of the sigmoid class losses (under a softmax the equal class
+            biases cancel, so each class starts at 1 / C). The matching bias
             log(p / (1 - p)) stops the many negative cells from dominating the first steps
             of training from scratch (the prior initialisation of RetinaNet, Lin et al.,
             ICCV 2017).

@@ -132,7 +132,11 @@ class CSPBlock(nn.Module):
 
 
 class SingleNeck(nn.Module):
-    """The original new-YOLOv1 neck on C5 only: 1 x 1 reduction, SPP, a CSP block, SAM and a CSP conv set.
+    """The single-head neck, modelled on new-YOLOv1: 1 x 1 reduction, SPP, a CSP block, SAM and a CSP conv set.
+
+    It differs from the new-YOLOv1 code in two ways: the CSP block has the layout of
+    YOLOv5's C3 (the original copies YOLOv5's BottleneckCSP), and the detection head
+    adds a 3 x 3 conv before its 1 x 1 prediction.
 
     It feeds one stride-32 head. Input C5 (B, 512, H/32, W/32); output one map
     (B, out_channels, H/32, W/32).
