@@ -16,7 +16,7 @@ from yolonb.config import RunConfig, get_profile
 from yolonb.engine import run_experiment
 
 run_config = RunConfig.from_dict(config) if config is not None else get_profile(profile, **overrides)
-metrics = run_experiment(run_config, out_dir)"""
+metrics = run_experiment(run_config, out_dir, progress=progress)"""
 
 SHOW_CODE = """\
 from yolonb.report import show_run
@@ -109,9 +109,10 @@ $\mathrm{QFL}(\sigma) = -|y - \sigma|^{\beta}\bigl((1 - y)\log(1 - \sigma) + y \
 
 def parameters_cell(section: str, overrides: dict) -> nbformat.NotebookNode:
     source = (
-        "# Parameters: run_all.py replaces config and out_dir. By hand, config = None trains\n"
-        "# the smoke profile with the overrides below (a few seconds on a CPU).\n"
+        "# Parameters: run_all.py replaces config, out_dir and progress. By hand, config = None\n"
+        "# trains the smoke profile with the overrides below (a few seconds on a CPU).\n"
         "config = None  # a RunConfig.to_dict(), or None\n"
+        "progress = True  # progress bars; run_all.py turns them off so run.html stays short\n"
         f"profile = {'smoke'!r}\n"
         f"overrides = {overrides!r}\n"
         f"out_dir = {('../reports/manual/' + section)!r}\n"

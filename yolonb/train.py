@@ -87,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {args.out} keeps the checkpoint of the last finished epoch; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
 
     print(format_per_class(metrics))
     return 0

@@ -8,16 +8,19 @@ checkpoint of the same run id resumes from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import platform
 import re
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -278,8 +281,30 @@ def train_one_epoch(
 # Checkpoints
 
 
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the enclosed block ends, then raise KeyboardInterrupt.
+
+    An interrupt inside torch.save leaves a half-written temporary file and a confusing
+    RuntimeError from the zip writer; deferring it keeps the checkpoint step whole.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    runfolder.save_torch(path, state)
+    with _deferred_interrupt():
+        runfolder.save_torch(path, state)
 
 
 def _load_checkpoint(path: Path, run_id: str) -> dict[str, Any] | None:

@@ -10,52 +10,147 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 DPI = 96
 
 
-def map_vs_published(frame: pd.DataFrame, title: str) -> Figure:
-    """Grouped horizontal bars: this run's mAP (with its std as an error bar) and the published mAP.
+def _as_floats(values) -> np.ndarray:
+    return np.array([np.nan if v is None or pd.isna(v) else float(v) for v in values], dtype=float)
+
+
+def _axis_limit(*arrays: np.ndarray, margin: float = 0.15, minimum: float = 0.01) -> float:
+    """Upper x limit that fits every finite value of `arrays` plus a relative margin."""
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.array([])
+    if finite.size == 0:
+        return 1.0
+    return max(minimum, float(finite.max()) * (1 + margin))
+
+
+def _label_bars(axes, positions: np.ndarray, values: np.ndarray, offset: float) -> None:
+    for position, value in zip(positions, values):
+        if np.isfinite(value):
+            axes.text(value + offset, position, f"{value:.3f}", va="center", fontsize="small")
+
+
+def map_vs_published(frame: pd.DataFrame, title: str, comparable: bool = True) -> Figure:
+    """Horizontal bars of this run's mAP (std across seeds as an error bar) and the published mAP.
 
     Args:
         frame: a `tables.section_table` frame (columns label, map, std, published).
+        title: the figure title.
+        comparable: True when the runs used Pascal VOC, so both numbers share one axis.
+            Otherwise this run's mAP gets its own autoscaled panel and the published mAP a
+            second panel, because the values differ by an order of magnitude and mean different things.
     """
     labels = list(frame["label"])
     positions = np.arange(len(labels))
-    height = 0.38
-    ours = np.array([np.nan if v is None else float(v) for v in frame["map"]], dtype=float)
-    spread = np.array([0.0 if v is None or pd.isna(v) else float(v) for v in frame["std"]], dtype=float)
-    published = np.array([np.nan if v is None else float(v) for v in frame["published"]], dtype=float)
+    ours = _as_floats(frame["map"])
+    spread = np.nan_to_num(_as_floats(frame["std"]), nan=0.0)
+    published = _as_floats(frame["published"])
+    metric = "mAP (VOC07 11-point, IoU 0.5)"
 
-    figure, axes = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.2), dpi=DPI)
-    axes.barh(positions - height / 2, ours, height, xerr=spread, label="this run", color="tab:blue")
-    axes.barh(positions + height / 2, published, height, label="published (VOC2007 test)", color="tab:gray")
-    axes.set_yticks(positions, labels)
-    axes.invert_yaxis()
-    axes.set_xlabel("mAP (VOC07 11-point, IoU 0.5)")
-    axes.set_xlim(0, 1)
-    axes.set_title(title)
-    axes.legend(loc="lower right", fontsize="small")
-    figure.tight_layout()
+    if comparable:
+        figure, axes = plt.subplots(figsize=(10, 0.5 * len(labels) + 1.4), dpi=DPI, layout="constrained")
+        height = 0.38
+        limit = _axis_limit(ours + spread, published)
+        axes.barh(positions - height / 2, ours, height, xerr=spread, label="this run", color="tab:blue")
+        axes.barh(positions + height / 2, published, height, label="published (VOC2007 test)", color="tab:gray")
+        _label_bars(axes, positions - height / 2, ours + spread, 0.01 * limit)
+        _label_bars(axes, positions + height / 2, published, 0.01 * limit)
+        axes.set_yticks(positions, labels)
+        axes.invert_yaxis()
+        axes.set_xlim(0, limit)
+        axes.set_xlabel(metric)
+        axes.set_title(title)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        return figure
+
+    figure, (ours_axes, published_axes) = plt.subplots(
+        1, 2, figsize=(11, 0.45 * len(labels) + 1.6), dpi=DPI, sharey=True, layout="constrained",
+        gridspec_kw={"width_ratios": [1.4, 1.0]})
+    ours_limit = _axis_limit(ours + spread)
+    ours_axes.barh(positions, ours, 0.6, xerr=spread, color="tab:blue")
+    _label_bars(ours_axes, positions, ours + spread, 0.01 * ours_limit)
+    ours_axes.set_xlim(0, ours_limit)
+    ours_axes.set_xlabel(metric)
+    ours_axes.set_title("this run (own scale, this data set)", fontsize="medium")
+    ours_axes.set_yticks(positions, labels)
+    ours_axes.invert_yaxis()
+
+    published_limit = _axis_limit(published)
+    published_axes.barh(positions, published, 0.6, color="tab:gray")
+    _label_bars(published_axes, positions, published, 0.01 * published_limit)
+    for position, value in zip(positions, published):
+        if not np.isfinite(value):
+            published_axes.text(0.01 * published_limit, position, "not published", va="center",
+                                fontsize="small", color="dimgray")
+    published_axes.set_xlim(0, published_limit)
+    published_axes.set_xlabel(metric)
+    published_axes.set_title("published, VOC2007 test (not comparable)", fontsize="medium")
+    figure.suptitle(title)
     return figure
 
 
-def training_curves(histories: dict[str, pd.DataFrame]) -> Figure:
-    """Total training loss per epoch and test mAP where evaluated, one line per run label."""
-    figure, (loss_axes, map_axes) = plt.subplots(1, 2, figsize=(11, 4), dpi=DPI)
-    for label, history in histories.items():
-        loss_axes.plot(history["epoch"], history["loss_total"], label=label)
-        evaluated = history.dropna(subset=["map_voc07"])
-        if len(evaluated):
-            map_axes.plot(evaluated["epoch"], evaluated["map_voc07"], marker="o", label=label)
+def _run_style(index: int) -> dict[str, Any]:
+    # tab20 holds ten hue pairs (dark, light); alternating line styles separates the two of a pair.
+    return {"color": plt.get_cmap("tab20")(index % 20), "linestyle": ("-", "--", "-.", ":")[index % 4]}
+
+
+def _final_map(history: pd.DataFrame) -> float:
+    evaluated = history["map_voc07"].dropna() if "map_voc07" in history else pd.Series(dtype=float)
+    return float(evaluated.iloc[-1]) if len(evaluated) else math.nan
+
+
+def training_curves(histories: dict[str, pd.DataFrame], final_map: dict[str, float] | None = None,
+                    title: str = "") -> Figure:
+    """Total training loss per epoch (left) and the final test mAP (right), one colour per run label.
+
+    Args:
+        histories: run label -> history.csv frame.
+        final_map: run label -> final VOC07 mAP; a missing label takes the last evaluated
+            value of its history.
+        title: the figure title.
+    """
+    final_map = final_map or {}
+    labels = list(histories)
+    figure, (loss_axes, map_axes) = plt.subplots(
+        1, 2, figsize=(13, max(4.0, 0.32 * len(labels) + 2.2)), dpi=DPI, layout="constrained",
+        gridspec_kw={"width_ratios": [1.2, 1.0]})
+
+    positive = True
+    for index, label in enumerate(labels):
+        history = histories[label]
+        loss_axes.plot(history["epoch"], history["loss_total"], marker="o", markersize=3, label=label,
+                       **_run_style(index))
+        positive = positive and bool((history["loss_total"] > 0).all())
     loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("training loss (total)")
-    loss_axes.set_yscale("log")
-    map_axes.set_xlabel("epoch")
-    map_axes.set_ylabel("test mAP (VOC07)")
-    if histories:
-        loss_axes.legend(fontsize="x-small")
-    figure.tight_layout()
+    loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_axes.grid(True, which="major", alpha=0.3)
+    if positive:
+        # Losses of different runs span about a decade, so a log axis keeps every run visible;
+        # ticks at 1, 2, 3 and 5 per decade keep the values readable.
+        loss_axes.set_yscale("log")
+        loss_axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        loss_axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        loss_axes.yaxis.set_minor_formatter(NullFormatter())
+    if labels:
+        figure.legend(*loss_axes.get_legend_handles_labels(), loc="outside lower center", ncols=2,
+                      fontsize="small")
+
+    values = np.array([final_map.get(label, _final_map(histories[label])) for label in labels], dtype=float)
+    positions = np.arange(len(labels))
+    colours = [_run_style(index)["color"] for index in range(len(labels))]
+    map_axes.barh(positions, values, 0.7, color=colours)
+    limit = _axis_limit(values)
+    _label_bars(map_axes, positions, values, 0.01 * limit)
+    map_axes.set_xlim(0, limit)
+    map_axes.set_yticks(positions, labels, fontsize="small")
+    map_axes.invert_yaxis()
+    map_axes.set_xlabel("final test mAP (VOC07)")
+    if title:
+        figure.suptitle(title)
     return figure
 
 
@@ -73,14 +168,32 @@ def loss_components(history: pd.DataFrame, title: str = "") -> Figure:
 
 
 def class_ap_heatmap(frame: pd.DataFrame) -> Figure:
-    """Heat map of per-class AP (rows: runs, columns: classes); missing values stay blank."""
+    """Heat map of per-class AP (rows: runs, columns: classes) with the value in each cell.
+
+    The colour scale runs from 0 to the largest AP (at least 0.05), so that short trainings
+    with low AP still show contrast; missing values stay blank.
+    """
     values = frame.to_numpy(dtype=float)
-    figure, axes = plt.subplots(figsize=(max(6, 0.55 * frame.shape[1] + 4), 0.35 * frame.shape[0] + 1.8), dpi=DPI)
-    image = axes.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    axes.set_xticks(np.arange(frame.shape[1]), [str(c) for c in frame.columns], rotation=60, ha="right")
-    axes.set_yticks(np.arange(frame.shape[0]), [str(i) for i in frame.index], fontsize="small")
-    figure.colorbar(image, ax=axes, label="AP (VOC07)")
-    figure.tight_layout()
+    finite = values[np.isfinite(values)]
+    vmax = max(0.05, float(finite.max())) if finite.size else 1.0
+    rows, columns = frame.shape
+    figure, axes = plt.subplots(figsize=(max(7.0, 0.62 * columns + 5.5), 0.3 * rows + 2.0), dpi=DPI,
+                                layout="constrained")
+    colour_map = plt.get_cmap("viridis")
+    image = axes.imshow(np.ma.masked_invalid(values), vmin=0, vmax=vmax, cmap=colour_map, aspect="auto")
+
+    for row in range(rows):
+        for column in range(columns):
+            value = values[row, column]
+            if not np.isfinite(value):
+                continue
+            # viridis turns light above about 60 % of its range, where black text reads better.
+            colour = "black" if value / vmax > 0.6 else "white"
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
+
+    axes.set_xticks(np.arange(columns), [str(c) for c in frame.columns], rotation=45, ha="right")
+    axes.set_yticks(np.arange(rows), [str(i) for i in frame.index], fontsize="small")
+    figure.colorbar(image, ax=axes, label=f"AP (VOC07), colour scale 0 to {vmax:.2f}")
     return figure
 
 

@@ -57,7 +57,8 @@ def run_notebook(run: PlannedRun, kernel_name: str = KERNEL_NAME, force: bool = 
         shutil.rmtree(run.run_dir)
     run.run_dir.mkdir(parents=True, exist_ok=True)
 
-    parameters = {"config": run.config, "out_dir": str(run.run_dir.resolve())}
+    # Progress bars in a kernel without widgets print a line per step into the notebook.
+    parameters = {"config": run.config, "out_dir": str(run.run_dir.resolve()), "progress": False}
     start = time.perf_counter()
     try:
         execute_notebook(run.notebook, run.output_notebook, parameters, run.log_path, kernel_name=kernel_name,
