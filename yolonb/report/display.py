@@ -71,6 +71,12 @@ def show_notice(data: ReportData) -> None:
     display(HTML(text))
 
 
+def _is_voc(data: ReportData) -> bool:
+    """Return True when the finished runs used Pascal VOC, the only data whose mAP compares with the post."""
+    finished = data.finished_metrics()
+    return bool(finished and (finished[0].get("data") or {}).get("is_voc"))
+
+
 def show_section(data: ReportData, section_key: str) -> None:
     """Show every table of one section with its mAP figure, or a note when the section was not run."""
     section = data.section(section_key)
@@ -83,7 +89,7 @@ def show_section(data: ReportData, section_key: str) -> None:
         frame = section_table(data, section_key, table["key"])
         display(HTML(_STYLE + table_html(data, frame, caption=table["caption"])))
         if frame["map"].notna().any() or frame["published"].notna().any():
-            _show_figure(figures.map_vs_published(frame, table["caption"]))
+            _show_figure(figures.map_vs_published(frame, table["caption"], comparable=_is_voc(data)))
 
     sources = sorted({row["citation"] for table in section["tables"] for row in table["rows"] if row["citation"]})
     if sources:
@@ -105,17 +111,55 @@ def show_loss_shapes() -> None:
     _show_figure(figures.loss_shapes())
 
 
-def show_training_curves(data: ReportData, max_runs: int = 12) -> None:
-    """Show training loss and test mAP per epoch for up to `max_runs` finished runs."""
-    histories = {}
-    for run_id in list(data.metrics)[:max_runs]:
-        history = data.history(run_id)
-        if history is not None and len(history):
-            histories[data.label(run_id)] = history
-    if not histories:
+def _section_run_ids(data: ReportData) -> list[tuple[str, list[str]]]:
+    """(section key, run ids) in plan order; runs of no planned section come last under "other"."""
+    groups: list[tuple[str, list[str]]] = []
+    seen: set[str] = set()
+    keys = [section["key"] for section in data.plan.get("sections", [])]
+    if "section" in data.results:
+        for key in keys:
+            run_ids = [str(r) for r in data.results.loc[data.results["section"] == key, "run_id"]]
+            groups.append((key, run_ids))
+            seen.update(run_ids)
+    others = [str(r) for r in data.results["run_id"] if str(r) not in seen]
+    if others:
+        groups.append(("other", others))
+    return groups
+
+
+def show_training_curves(data: ReportData, max_runs: int | None = None) -> None:
+    """Show training loss per epoch and final test mAP, one figure per section with every run of it.
+
+    Args:
+        data: the report data.
+        max_runs: at most this many runs per figure (None: all); a note names how many were left out.
+    """
+    reference_ids = [str(r) for r in data.results.loc[data.results["row"] == REFERENCE_ROW, "run_id"]]
+    figure_count = 0
+    for key, run_ids in _section_run_ids(data):
+        # Each section's figure also draws the reference run, the baseline every table compares with.
+        ordered = run_ids + [r for r in reference_ids if r not in run_ids]
+        histories, final_map = {}, {}
+        for run_id in ordered:
+            history = data.history(run_id)
+            metrics = data.metrics.get(run_id) or {}
+            if history is None or not len(history) or metrics.get("status") != "finished":
+                continue
+            label = data.label(run_id) + (" (reference)" if run_id in reference_ids and run_id not in run_ids else "")
+            histories[label] = history
+            if metrics.get("map_voc07") is not None:
+                final_map[label] = float(metrics["map_voc07"])
+        if not histories:
+            continue
+
+        total = len(histories)
+        if max_runs is not None and total > max_runs:
+            histories = dict(list(histories.items())[:max_runs])
+            display(HTML(f"<p><em>Section {escape_text(key)}: {max_runs} of {total} runs drawn.</em></p>"))
+        _show_figure(figures.training_curves(histories, final_map=final_map, title=f"section {key}"))
+        figure_count += 1
+    if not figure_count:
         display(HTML("<p><em>No training history found.</em></p>"))
-        return
-    _show_figure(figures.training_curves(histories))
 
 
 def show_class_ap(data: ReportData) -> None:

@@ -93,8 +93,10 @@ def map_vs_published(frame: pd.DataFrame, title: str, comparable: bool = True) -
 
 
 def _run_style(index: int) -> dict[str, Any]:
-    # tab20 holds ten hue pairs (dark, light); alternating line styles separates the two of a pair.
-    return {"color": plt.get_cmap("tab20")(index % 20), "linestyle": ("-", "--", "-.", ":")[index % 4]}
+    # tab20 contains ten hue pairs (dark, light): alternating solid and dashed lines separates the two
+    # of a pair, and runs 21 to 40 reuse the colours with dash-dot and dotted lines.
+    style = index % 2 + 2 * ((index // 20) % 2)
+    return {"color": plt.get_cmap("tab20")(index % 20), "linestyle": ("-", "--", "-.", ":")[style]}
 
 
 def _final_map(history: pd.DataFrame) -> float:
@@ -129,10 +131,10 @@ def training_curves(histories: dict[str, pd.DataFrame], final_map: dict[str, flo
     loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axes.grid(True, which="major", alpha=0.3)
     if positive:
-        # Losses of different runs span about a decade, so a log axis keeps every run visible;
-        # ticks at 1, 2, 3 and 5 per decade keep the values readable.
+        # Losses of different runs span about a decade, so a log axis keeps every run visible.
+        # Eight labelled ticks per decade keep a range narrower than a decade readable.
         loss_axes.set_yscale("log")
-        loss_axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        loss_axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)))
         loss_axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         loss_axes.yaxis.set_minor_formatter(NullFormatter())
     if labels:
@@ -170,8 +172,8 @@ def loss_components(history: pd.DataFrame, title: str = "") -> Figure:
 def class_ap_heatmap(frame: pd.DataFrame) -> Figure:
     """Heat map of per-class AP (rows: runs, columns: classes) with the value in each cell.
 
-    The colour scale runs from 0 to the largest AP (at least 0.05), so that short trainings
-    with low AP still show contrast; missing values stay blank.
+    The colour scale runs from 0 to the largest AP (at least 0.05), so short trainings with
+    low AP still show contrast. Missing values stay blank.
     """
     values = frame.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
@@ -189,7 +191,7 @@ def class_ap_heatmap(frame: pd.DataFrame) -> Figure:
                 continue
             # viridis turns light above about 60 % of its range, where black text reads better.
             colour = "black" if value / vmax > 0.6 else "white"
-            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=colour)
 
     axes.set_xticks(np.arange(columns), [str(c) for c in frame.columns], rotation=45, ha="right")
     axes.set_yticks(np.arange(rows), [str(i) for i in frame.index], fontsize="small")
@@ -238,30 +240,32 @@ def pr_curves_figure(curves: dict[str, dict[str, Any]], max_classes: int = 20) -
 def loss_shapes() -> Figure:
     """Plot the shapes of the losses, computed with the functions of yolonb.losses.focal.
 
-    Panels: focal loss against p_t for several gamma (alpha 1) and for several alpha
-    (gamma 2); the poly term poly_scale (1 - p_t)^(gamma + poly_pow); the varifocal weight
-    on negatives and the loss on positives; the DFL target on its two bins.
+    Top row: focal loss against p_t for several gamma (alpha 1) and for several alpha
+    (gamma 2), and the poly term poly_scale (1 - p_t)^(gamma + poly_pow). Bottom row: the
+    varifocal loss on negatives and positives, the quality focal loss for several IoU
+    targets, and the DFL target on its two bins with the loss against the predicted mean.
     """
-    from yolonb.losses.focal import distribution_focal_loss, focal_loss, poly_focal_loss, varifocal_loss
+    from yolonb.losses.focal import (distribution_focal_loss, focal_loss, poly_focal_loss, quality_focal_loss,
+                                     varifocal_loss)
 
     p = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
     # Two-class softmax logits whose target-class probability is p.
     logits = torch.stack([torch.log(p), torch.log1p(-p)], dim=1)
     target = torch.zeros(len(p), dtype=torch.int64)
-    figure, axes = plt.subplots(1, 5, figsize=(20, 3.8), dpi=DPI)
+    figure, axes_grid = plt.subplots(2, 3, figsize=(14, 8.5), dpi=DPI, layout="constrained")
+    axes = axes_grid.flat
 
     for gamma in (0.0, 0.5, 1.0, 2.0, 5.0):
         axes[0].plot(p, focal_loss(logits, target, alpha=1.0, gamma=gamma, reduction="none"), label=f"γ={gamma:g}")
     axes[0].set_title("focal loss, α=1")
     axes[0].set_xlabel("p_t")
+    axes[0].set_ylabel("loss (nats)")
     axes[0].set_ylim(0, 5)
-    axes[0].legend(fontsize="x-small")
 
     for alpha in (0.25, 0.5, 0.75):
         axes[1].plot(p, focal_loss(logits, target, alpha=alpha, gamma=2.0, reduction="none"), label=f"α={alpha:g}")
     axes[1].set_title("focal loss, γ=2")
     axes[1].set_xlabel("p_t")
-    axes[1].legend(fontsize="x-small")
 
     focal = focal_loss(logits, target, alpha=0.25, gamma=2.0, reduction="none")
     for scale in (1.0, -1.0):
@@ -272,7 +276,6 @@ def loss_shapes() -> Figure:
                          linestyle="-" if scale > 0 else "--")
     axes[2].set_title("poly term added to focal (γ=2)")
     axes[2].set_xlabel("p_t")
-    axes[2].legend(fontsize="x-small")
 
     single = torch.logit(p).unsqueeze(1)
     for alpha in (0.25, 0.75):
@@ -283,17 +286,26 @@ def loss_shapes() -> Figure:
         axes[3].plot(p, positive[:, 0], linestyle="--", label=f"positive, IoU q={quality:g}")
     axes[3].set_title("varifocal loss")
     axes[3].set_xlabel("predicted score p")
+    axes[3].set_ylabel("loss (nats)")
     axes[3].set_ylim(0, 3)
-    axes[3].legend(fontsize="x-small")
 
-    _dfl_panel(axes[4], distribution_focal_loss)
-    figure.tight_layout()
+    for quality in (0.0, 0.5, 0.9):
+        loss = quality_focal_loss(single, torch.full_like(single, quality), beta=2.0, reduction="none")
+        axes[4].plot(p, loss[:, 0], label=f"IoU target q={quality:g}")
+    axes[4].set_title("quality focal loss, β=2")
+    axes[4].set_xlabel("predicted score p")
+    axes[4].set_ylim(0, 3)
+
+    for panel in axes[:5]:
+        panel.legend(fontsize="small")
+        panel.grid(True, alpha=0.3)
+    _dfl_panel(axes[5], distribution_focal_loss)
     return figure
 
 
 def _dfl_panel(axes, distribution_focal_loss, reg_max: int = 8, target_value: float = 3.4) -> None:
-    # Predicted distributions that put mass w on bin 3 and 1 - w on bin 4: the loss is
-    # lowest where w equals the target's weight on bin 3 (4 - 3.4 = 0.6).
+    # Predicted distributions that put mass w on bin 3 and 1 - w on bin 4 have the mean
+    # 4 - w; the loss is lowest where that mean equals the target (w = 4 - 3.4 = 0.6).
     weights = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
     probabilities = torch.full((len(weights), reg_max + 1), 1e-6, dtype=torch.float64)
     probabilities[:, 3] = weights
@@ -307,24 +319,50 @@ def _dfl_panel(axes, distribution_focal_loss, reg_max: int = 8, target_value: fl
     target_mass = np.zeros(reg_max + 1)
     target_mass[left] = left + 1 - target_value
     target_mass[left + 1] = target_value - left
-    axes.bar(bins, target_mass, color="tab:gray", alpha=0.6, label=f"target mass, y={target_value:g}")
-    axes.set_xlabel("bin (top axis: mass on bin 3)")
+    bars = axes.bar(bins, target_mass, color="tab:gray", alpha=0.6, label=f"target mass, y={target_value:g}")
+    axes.set_xlabel("bin index (bars) / predicted mean 3w + 4(1 − w) (red)")
     axes.set_ylabel("target mass")
+    axes.set_xticks(bins)
+    axes.set_xlim(1.5, 5.5)
+    axes.axvline(target_value, color="black", linestyle=":", linewidth=1)
     twin = axes.twinx()
-    twin.plot(3 + (1 - weights.numpy()), loss.numpy(), color="tab:red", label="DFL vs mass split")
+    (line,) = twin.plot(4 - weights.numpy(), loss.numpy(), color="tab:red", label="DFL, mass w on bin 3")
     twin.set_ylabel("DFL (nats)")
+    twin.tick_params(axis="y", colors="tab:red")
     axes.set_title("distribution focal loss, two bins")
-    axes.legend(fontsize="x-small", loc="upper left")
+    axes.legend([bars, line], [bars.get_label(), line.get_label()], fontsize="small", loc="upper right")
+
+
+def _box_patch(box, **style):
+    return plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, **style)
+
+
+def _class_name(classes: Sequence[str], label: int) -> str:
+    return str(classes[label]) if 0 <= label < len(classes) else str(label)
 
 
 def detections_figure(samples: Sequence[dict[str, Any]], classes: Sequence[str], score_threshold: float = 0.3,
-                      max_images: int = 4, title: str = "") -> Figure:
-    """Test images with ground truth (dashed green) and detections above `score_threshold` (red)."""
+                      max_images: int = 4, title: str = "", max_detections: int = 4) -> Figure:
+    """Test images with ground truth (dashed green, class below the box) and detections (red, class and score).
+
+    Args:
+        samples: detections_sample.json entries (boxes in original-image pixels).
+        classes: class names indexed by label.
+        score_threshold: detections below this score are not drawn.
+        max_images: images drawn, from the start of `samples`.
+        title: the figure title.
+        max_detections: detections drawn per image, highest scores first.
+    """
     from PIL import Image
 
     samples = list(samples)[:max_images]
-    figure, axes_list = plt.subplots(1, max(1, len(samples)), figsize=(4 * max(1, len(samples)), 4), dpi=DPI,
-                                     squeeze=False)
+    # Two images per row keep the figure within a notebook's width, so labels are not scaled down.
+    columns = min(2, max(1, len(samples)))
+    rows = max(1, math.ceil(len(samples) / columns))
+    figure, axes_list = plt.subplots(rows, columns, figsize=(5.0 * columns, 5.2 * rows), dpi=DPI, squeeze=False,
+                                     layout="constrained")
+    for axes in list(axes_list.flat)[len(samples):]:
+        axes.axis("off")
     for axes, sample in zip(axes_list.flat, samples):
         try:
             with Image.open(sample["image_path"]) as image:
@@ -333,20 +371,24 @@ def detections_figure(samples: Sequence[dict[str, Any]], classes: Sequence[str],
             axes.set_xlim(0, sample["width"])
             axes.set_ylim(sample["height"], 0)
             axes.text(0.5, 0.5, "image not found", transform=axes.transAxes, ha="center")
-        for box in sample.get("gt_boxes", []):
-            axes.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
-                                         edgecolor="lime", linestyle="--", linewidth=1.2))
-        for box, score, label in zip(sample.get("boxes", []), sample.get("scores", []), sample.get("labels", [])):
-            if score < score_threshold:
-                continue
-            axes.add_patch(plt.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
-                                         edgecolor="red", linewidth=1.2))
-            name = classes[label] if 0 <= label < len(classes) else str(label)
-            axes.text(box[0], box[1], f"{name} {score:.2f}", color="white", fontsize=7,
-                      bbox={"facecolor": "red", "alpha": 0.7, "pad": 1, "edgecolor": "none"})
-        axes.set_title(str(sample.get("image_id", "")), fontsize="small")
+
+        for box, label in zip(sample.get("gt_boxes", []), sample.get("gt_labels", [])):
+            axes.add_patch(_box_patch(box, edgecolor="lime", linestyle="--", linewidth=1.2))
+            axes.text(box[0], box[3], _class_name(classes, int(label)), color="lime", fontsize=6, va="top",
+                      bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "edgecolor": "none"})
+
+        detections = [(float(score), box, int(label)) for box, score, label
+                      in zip(sample.get("boxes", []), sample.get("scores", []), sample.get("labels", []))
+                      if score >= score_threshold]
+        detections.sort(key=lambda item: item[0], reverse=True)
+        for score, box, label in detections[:max_detections]:
+            axes.add_patch(_box_patch(box, edgecolor="red", linewidth=1.2))
+            axes.text(box[0], box[1], f"{_class_name(classes, label)} {score:.2f}", color="white", fontsize=6,
+                      va="bottom", bbox={"facecolor": "red", "alpha": 0.7, "pad": 0.5, "edgecolor": "none"})
+        drawn = min(len(detections), max_detections)
+        axes.set_title(f"{sample.get('image_id', '')}: {drawn} of {len(detections)} detections ≥ {score_threshold:g}",
+                       fontsize="small")
         axes.axis("off")
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
     return figure
