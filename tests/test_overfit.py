@@ -1,7 +1,7 @@
 """Each neck, trained with the original losses, fits four synthetic images almost perfectly.
 
 A detector that cannot memorise four images has a bug in its assignment, loss or
-decoding, whatever its test-set mAP says. Each neck takes 30 to 60 s on a 2-core CPU,
+decoding, whatever its test-set mAP. Each neck takes 1 to 3 minutes on a 2-core CPU,
 so the test is slow.
 """
 
