@@ -107,7 +107,8 @@ def test_pipeline_one_section(tmp_path):
     numbers = _table_numbers(html, "The single-head baseline and the three-head FPN reference")
     # Two rows, each with this run's mAP and the published one.
     assert len(numbers) == 4
-    assert "0.6709" in numbers and "0.7149" in numbers
+    assert "0.6709" in numbers
+    assert "0.7149" in numbers
     with open(out / "results.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     assert [row["status"] for row in rows] == ["finished", "finished"]
@@ -135,4 +136,5 @@ def test_pipeline_every_section(tmp_path):
     for caption in captions:
         numbers = _table_numbers(html, caption)
         assert numbers, caption
-    assert "(failed)" not in html and "(missing)" not in html
+    assert "(failed)" not in html
+    assert "(missing)" not in html

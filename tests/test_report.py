@@ -214,7 +214,8 @@ def test_report_html_self_contained(tmp_path):
     assert EVIL_CLASS not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "cannot be compared with the published numbers" in html
-    assert "0.7149" in html and "0.6729" in html
+    assert "0.7149" in html
+    assert "0.6729" in html
     assert "Section focal was not run" in html
     # Inputs are hidden: no code cell source appears.
     assert "load_report_data(out_dir)" not in html

@@ -164,7 +164,8 @@ def test_failed_runs_and_cache(tmp_path, capsys):
 
     assert main(argv + ["--sections", "demo", "--dry-run"], resolve=_fake_resolve) == 0
     listing = capsys.readouterr().out
-    assert "cached" in listing and "demo/good" in listing
+    assert "cached" in listing
+    assert "demo/good" in listing
 
 
 def test_force_runs_again(tmp_path, capsys):

@@ -459,7 +459,7 @@ def apply_overrides(config: RunConfig, assignments: Iterable[str]) -> RunConfig:
 # training time 160 and 192 pixels learned faster than 128 (mAP 0.15 after 80 s at
 # 192 pixels against 0.11 at 128).
 # NOTE: the reference run stays far below the mAP 0.5 this profile aims at (0.12 after
-# 4 epochs, 0.15 after 6 in 76 s, measured on a 2-core CPU); a from-scratch ResNet-18
+# 4 epochs, 0.15 after 6 in 76 s, measured on a 2-core CPU). A from-scratch ResNet-18
 # needs several times more steps than a minute gives on 2 cores.
 _QUICK = RunConfig()
 

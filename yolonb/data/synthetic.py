@@ -561,7 +561,7 @@ def _render_image(config: SyntheticConfig, index: int) -> tuple[np.ndarray, list
 
         rows, cols, alpha = clipped
         local_luminance = float(np.median(background_luminance[rows, cols][alpha >= _AREA_ALPHA])) if (alpha >= _AREA_ALPHA).any() else 127.5
-        # A class colour is a hint, not an answer: distractors wear the class colours as
+        # A class colour is a hint, not the label, because distractors wear the class colours as
         # often as objects do, so colour alone never separates a class from a look-alike.
         palette_colour = None
         if rng.uniform() < config.class_colour_probability:

@@ -437,7 +437,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         DataError: the data is missing or invalid.
         NonFiniteLossError: a loss became NaN or infinite; the checkpoint of the last
             completed epoch is kept.
-        RuntimeError: out_dir holds a checkpoint of another run.
+        RuntimeError: out_dir contains a checkpoint of another run.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)

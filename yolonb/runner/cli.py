@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Papermill logs every notebook's paths and nbconvert warns about image alt text; the
-    # per-run summary line and the run logs already say what a user needs.
+    # per-run summary line and the run logs already contain what a user needs.
     logging.getLogger("papermill").setLevel(logging.WARNING)
     logging.getLogger("traitlets").setLevel(logging.ERROR)
     if args.seeds < 1:

@@ -53,7 +53,7 @@ class PlannedRun:
 
 
 def is_finished(run_dir: Path) -> bool:
-    """True when `run_dir/metrics.json` exists, parses, and says status "finished"."""
+    """Return True when `run_dir/metrics.json` exists, parses and records status "finished"."""
     path = Path(run_dir) / "metrics.json"
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))

@@ -36,7 +36,7 @@ def varying_fields(runs: list[PlannedRun]) -> list[str]:
 def collect_results(runs: list[PlannedRun], out_dir: str | Path) -> pd.DataFrame:
     """Build one row per run from its folder and write `out_dir/results.csv` atomically.
 
-    A run's status is "finished" when its metrics.json says so, else the status the runner
+    A run's status is "finished" when its metrics.json records it, else the status the runner
     recorded in run.json ("failed"), else "missing". mAP values are fractions in [0, 1].
     """
     out_dir = Path(out_dir)
