@@ -1,7 +1,7 @@
 """Print, per neck, the parameter count, forward FLOPs at 416 pixels and CPU training speed.
 
 Training speed is measured for full SGD steps (forward, target assignment, detection
-loss, backward, optimizer step) on random images with three random boxes each. It runs
+loss, backward, the engine's fused SGD step) on random images with three random boxes each. It runs
 at 128 pixels (batch 16) and 416 pixels (batch 8) in each requested mode: "fp32"
 (float32, NCHW), "fp32-cl" (float32, channels_last) and "bf16" (bfloat16 autocast,
 channels_last). The numbers depend on the machine and on whatever else runs on it, so
@@ -20,6 +20,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from yolonb.config import get_profile
+from yolonb.engine.train import build_optimizer
 from yolonb.losses.detection import LossSpec, detection_loss
 from yolonb.models import build_detector
 from yolonb.models.necks import NECKS
@@ -73,7 +75,8 @@ def train_speed(model: torch.nn.Module, loss_function, image_size: int, batch_si
     model = model.to(memory_format=memory_format)
     images = images.contiguous(memory_format=memory_format)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    # The `voc` profile's optimizer as the engine builds it: SGD, momentum 0.9, weight decay 5e-4.
+    optimizer = build_optimizer(model, get_profile("voc"))
 
     def step() -> None:
         if precision == "bf16":

@@ -80,10 +80,9 @@ Varifocal loss (Zhang et al., *VarifocalNet: An IoU-aware Dense Object Detector*
 CVPR 2021) trains the class score to predict the IoU $q$ of the predicted box with its
 ground truth, and down-weights only the negatives:
 
-$$\mathrm{VFL}(p, q) = \begin{cases}
- -q\,\bigl(q \log p + (1 - q) \log(1 - p)\bigr) & q > 0,\\
- -\alpha\,p^{\gamma}\,\log(1 - p) & q = 0.
-\end{cases}$$
+$$\mathrm{VFL}(p, q) = -q\,\left(q \log p + (1 - q) \log(1 - p)\right) \quad \mathrm{for}\ q > 0,$$
+
+$$\mathrm{VFL}(p, 0) = -\alpha\,p^{\gamma}\,\log(1 - p).$$
 
 The post used $\alpha = 0.25$, $\gamma = 2$; the paper's default $\alpha = 0.75$ is run
 beyond the post.""",
@@ -98,11 +97,11 @@ side as a discrete distribution over the bins $0, 1, \dots, n$ (reg_max $= n$, i
 stride units). For a target $y$ between the bins $y_l = \lfloor y \rfloor$ and
 $y_r = y_l + 1$, the loss acts on those two bins only:
 
-$$\mathrm{DFL}(S_l, S_r) = -\bigl((y_r - y)\,\log S_l + (y - y_l)\,\log S_r\bigr).$$
+$$\mathrm{DFL}(S_l, S_r) = -\left((y_r - y)\,\log S_l + (y - y_l)\,\log S_r\right).$$
 
 The post has this heading only, so every row here goes beyond it: DFL with reg_max 8
 and 16, and the full pairing with quality focal loss,
-$\mathrm{QFL}(\sigma) = -|y - \sigma|^{\beta}\bigl((1 - y)\log(1 - \sigma) + y \log \sigma\bigr)$.""",
+$\mathrm{QFL}(\sigma) = -|y - \sigma|^{\beta}\left((1 - y)\log(1 - \sigma) + y \log \sigma\right)$.""",
     },
 }
 

@@ -162,10 +162,10 @@ def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Op
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
-    # The fused kernel updates all tensors in one pass: 6% faster training steps for the
+    # The fused kernels update all tensors in one pass: 6% faster training steps for the
     # quick profile on a 2-core CPU (torch 2.14), and available on CPU and CUDA.
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False, fused=True)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999), fused=True)
 
 

@@ -40,7 +40,8 @@ class Detector(nn.Module):
         # The last `num_levels` backbone strides, so the single neck predicts at stride 32 only.
         self.strides = tuple(backbone.strides[-neck.num_levels:])
         self.heads = nn.ModuleList(
-            DetectionHead(neck.out_channels, num_classes, self.num_box, activation=activation)
+            DetectionHead(neck.out_channels, num_classes, self.num_box, activation=activation,
+                          conv=getattr(neck, "head_conv", True))
             for _ in self.strides
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

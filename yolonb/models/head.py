@@ -28,7 +28,7 @@ def box_channels(box_mode: str, reg_max: int) -> int:
 
 
 class DetectionHead(nn.Module):
-    """A 3 x 3 conv block then a 1 x 1 conv predicting 1 + C + D values per cell.
+    """A 3 x 3 conv block (optional) then a 1 x 1 conv predicting 1 + C + D values per cell.
 
     Args:
         in_channels: channels of the level's feature map.
@@ -41,13 +41,15 @@ class DetectionHead(nn.Module):
             of training from scratch (the prior initialisation of RetinaNet, Lin et al.,
             ICCV 2017).
         activation: "leaky" or "silu".
+        conv: put the 3 x 3 conv block before the prediction. The single neck ends in its
+            own conv set and, like new-YOLOv1, predicts with the 1 x 1 conv alone.
     """
 
     def __init__(self, in_channels: int, num_classes: int, num_box: int, prior_probability: float = 0.01,
-                 activation: str = "leaky") -> None:
+                 activation: str = "leaky", conv: bool = True) -> None:
         super().__init__()
         self.num_outputs = 1 + num_classes + num_box
-        self.conv = ConvBNAct(in_channels, in_channels, 3, activation=activation)
+        self.conv = ConvBNAct(in_channels, in_channels, 3, activation=activation) if conv else nn.Identity()
         self.pred = nn.Conv2d(in_channels, self.num_outputs, 1)
 
         prior_bias = math.log(prior_probability / (1.0 - prior_probability))

@@ -134,9 +134,10 @@ class CSPBlock(nn.Module):
 class SingleNeck(nn.Module):
     """The single-head neck, modelled on new-YOLOv1: 1 x 1 reduction, SPP, a CSP block, SAM and a CSP conv set.
 
-    It differs from the new-YOLOv1 code in two ways: the CSP block has the layout of
-    YOLOv5's C3 (the original copies YOLOv5's BottleneckCSP), and the detection head
-    adds a 3 x 3 conv before its 1 x 1 prediction.
+    It differs from the new-YOLOv1 code in one way: the CSP block has the layout of
+    YOLOv5's C3 (the original copies YOLOv5's BottleneckCSP). As in the original, the
+    head predicts with one 1 x 1 conv (`head_conv = False`): the 3 x 3 convs sit in
+    the CSP conv set before it.
 
     It feeds one stride-32 head. Input C5 (B, 512, H/32, W/32); output one map
     (B, out_channels, H/32, W/32).
@@ -151,6 +152,7 @@ class SingleNeck(nn.Module):
         reduced = c5 // 2
         self.out_channels = out_channels
         self.num_levels = 1
+        self.head_conv = False
         self.reduce = ConvBNAct(c5, reduced, 1, activation=activation)
         self.spp = SPP((5, 9, 13))
         self.fuse = CSPBlock(reduced * 4, out_channels, depth=1, activation=activation)

@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 
+from .math import render_markdown_math
+
 # src="..." or src='...' attributes, and CSS url(...) references.
 _SRC_PATTERN = re.compile(r"""\bsrc\s*=\s*["']([^"']*)["']""", re.IGNORECASE)
 _URL_PATTERN = re.compile(r"""url\(\s*["']?([^"')]*)["']?\s*\)""", re.IGNORECASE)
@@ -19,7 +21,8 @@ def notebook_to_html(notebook_path: str | Path, html_path: str | Path, exclude_i
 
     Output images are already base64 inside the notebook; `embed_images` also turns
     images referenced from markdown cells (paths relative to the notebook's folder) into
-    data URIs, so the page stays whole when moved.
+    data URIs, so the page stays whole when moved. Formulas are drawn as embedded SVG
+    (see `yolonb.report.math`), so they show without a network.
 
     Args:
         notebook_path: the executed .ipynb.
@@ -32,6 +35,7 @@ def notebook_to_html(notebook_path: str | Path, html_path: str | Path, exclude_i
     notebook_path = Path(notebook_path)
     html_path = Path(html_path)
     notebook = nbformat.read(notebook_path, as_version=4)
+    draw_formulas(notebook)
 
     exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
                             exclude_output_prompt=exclude_input, embed_images=True)
@@ -45,13 +49,26 @@ def notebook_to_html(notebook_path: str | Path, html_path: str | Path, exclude_i
     return html_path
 
 
+def draw_formulas(notebook: nbformat.NotebookNode) -> None:
+    """Replace the LaTeX of markdown cells and of markdown outputs with SVG images, in place."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = render_markdown_math(cell.source)
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "text/markdown" in data:
+                text = data["text/markdown"]
+                data["text/markdown"] = render_markdown_math("".join(text) if isinstance(text, list) else text)
+
+
 def external_references(html: str) -> list[str]:
     """List `src=` and CSS `url()` targets that are neither data URIs nor fragment links.
 
     An empty list means the page shows the same when moved to another folder (links
     with href= to other pages are not counted: they are navigation, not content).
-    NOTE: nbconvert's default template loads MathJax and require.js from a CDN by
+    nbconvert's default template loads MathJax and require.js from a CDN by
     `src="https://..."`; those are reported too, so callers filter them as they see fit.
+    Formulas do not need MathJax (`draw_formulas`); a formula mathtext cannot draw does.
     """
     targets = _SRC_PATTERN.findall(html) + _URL_PATTERN.findall(html)
     return [target for target in targets if target and not target.startswith(("data:", "#"))]
