@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import papermill
+
+from yolonb.fileio import remove_stale_temporaries, write_text
 
 from .plan import FAILED, FINISHED, PlannedRun, is_finished
 
@@ -56,6 +57,8 @@ def run_notebook(run: PlannedRun, kernel_name: str = KERNEL_NAME, force: bool = 
     if force and run.run_dir.exists():
         shutil.rmtree(run.run_dir)
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temporaries(run.run_dir):
+        logger.info("removed %s, left by a process killed while writing it", path)
 
     # Progress bars in a kernel without widgets print a line per step into the notebook.
     parameters = {"config": run.config, "out_dir": str(run.run_dir.resolve()), "progress": False}
@@ -112,7 +115,4 @@ def _write_run_json(run: PlannedRun) -> None:
         "status": run.status, "error": run.error, "wall_time_s": run.wall_time_s,
         "notebook": str(run.output_notebook), "log": str(run.log_path),
     }
-    path = run.run_dir / "run.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text(run.run_dir / "run.json", json.dumps(record, indent=2))
