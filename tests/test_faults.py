@@ -1,8 +1,8 @@
 """Faults during a grid: killed processes, a second run_all.py on the same folder, full or unwritable disks.
 
-The process tests start run_all.py as a real subprocess and signal it. The default ones
-execute a stand-in section notebook that only sleeps and writes metrics.json, so they
-cost a few kernel starts; the slow test kills real smoke trainings and report building.
+The process tests start run_all.py as a real subprocess and signal it. The default test
+executes a stand-in section notebook that only sleeps and writes metrics.json, so it
+costs two kernel starts. The slow test kills real smoke trainings and report building.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from yolonb.runner.lock import LOCK_NAME, OutputLock, OutputLockedError
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A section notebook that stands in for training: it records its kernel's pid, sleeps
+# A section notebook used in place of training: it records its kernel's pid, sleeps
 # config["epochs"] x 0.2 s (or $STAND_IN_STEPS x 0.2 s), then writes a finished
 # metrics.json the way run_experiment does.
 STAND_IN = """\
@@ -101,7 +101,7 @@ def _process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    # A zombie still answers kill(pid, 0); its state in /proc says it has exited.
+    # A zombie still passes the kill(pid, 0) check, but its state in /proc shows that it has exited.
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
@@ -326,6 +326,24 @@ def test_locked_out_stops_before_planning(tmp_path, capsys):
     with OutputLock(tmp_path):
         assert main(["--out", str(tmp_path), "--profile", "smoke"], resolve=_unreachable_resolve) == 2
     assert "another run_all.py is writing to" in capsys.readouterr().err
+
+
+def test_wait_lock_option_waits(tmp_path, capsys):
+    import threading
+
+    grids = _two_row_grid(tmp_path / "grids", 3)
+    notebooks = _stand_in_notebooks(tmp_path / "notebooks")
+    holder = OutputLock(tmp_path / "out").acquire()
+    timer = threading.Timer(1.0, holder.release)
+    timer.start()
+    argv = ["--out", str(tmp_path / "out"), "--grids", str(grids), "--notebooks", str(notebooks), "--dry-run",
+            "--wait-lock"]
+    try:
+        assert main(argv, resolve=lambda overrides, seed: ({**overrides, "seed": seed}, f"run{overrides['epochs']}")) == 0
+    finally:
+        timer.join()
+    assert not holder.held
+    assert "2 runs, 0 cached" in capsys.readouterr().out
 
 
 def test_interrupt_releases_lock(tmp_path, capsys):

@@ -129,6 +129,8 @@ def _plan_and_run(args: argparse.Namespace, resolve: Resolver | None) -> int:
         mark = f"mAP {_run_map(run):.4f}" if run.status != FAILED else f"FAILED ({run.error})"
         tqdm.write(f"{run.run_id}  {run.row} seed {run.seed}: {mark}, {run.wall_time_s:.0f} s")
 
+    # NOTE: a run killed after writing metrics.json but before papermill saved its last cell
+    # is cached with a run.ipynb that lacks the last outputs, and its run.html shows that.
     for run in runs:
         if run.status == "cached" and not run.html_path.exists() and run.output_notebook.exists():
             _convert_quietly(notebook_to_html, run.output_notebook, run.html_path)

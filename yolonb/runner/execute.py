@@ -39,8 +39,10 @@ def execute_notebook(input_path: str | Path, output_path: str | Path, parameters
             str(input_path), str(output_path), parameters=parameters, kernel_name=kernel_name,
             progress_bar=False, log_output=False, stdout_file=log, stderr_file=log,
             cwd=str(cwd) if cwd is not None else None, start_timeout=start_timeout,
-            # The kernel's own start-up warnings would break the progress bar of run_all.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # The kernel logs to run_all's terminal, not to `log_path`: its start-up warnings
+            # would break the progress bar, and a Ctrl-C of run_all makes it log a traceback
+            # about the closed connection. Errors of the notebook's cells reach the notebook.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
 
 
