@@ -50,7 +50,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files that `atomic_write` calls of dead processes left under `folder`.
+    """Delete the temporary files of `atomic_write` under `folder` whose writing process has died.
 
     A process killed while writing (SIGKILL, or a notebook kernel that exits when its
     parent is killed) leaves its temporary file behind, and a checkpoint's can be hundreds

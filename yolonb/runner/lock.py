@@ -144,12 +144,16 @@ class OutputLock:
         os.fsync(self._fd)
 
     def release(self) -> None:
-        """Empty the lock file and release the lock; the file stays, so a waiting process keeps its handle."""
+        """Empty the lock file and release the lock.
+
+        The file is kept: a waiting process may have it open already, and deleting it would
+        let that process and a new one lock two different files.
+        """
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
-            # An empty file tells the next holder that this one ended cleanly.
+            # An empty file shows the next holder that this one ended cleanly.
             os.ftruncate(fd, 0)
         except OSError as error:
             logger.warning("could not empty the lock file %s: %s", self.path, error)
