@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import warnings
 import xml.etree.ElementTree as StdET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -330,19 +331,32 @@ def _parse_float(text: str | None, tag: str, path: Path, index: int) -> float:
     return value
 
 
-def _parse_size(root: StdET.Element) -> tuple[int, int] | None:
-    """Return (width, height) from <size>, or None when it is missing, invalid or 0."""
+def _parse_size(root: StdET.Element, path: Path) -> tuple[int, int] | None:
+    """Return (width, height) from <size>, or None when it is missing, not a number or 0.
+
+    Raises:
+        DataError: the size is infinite or larger than any image the reader accepts.
+    """
     size = root.find("size")
     if size is None:
         return None
+    width_text = size.findtext("width", "").strip()
+    height_text = size.findtext("height", "").strip()
     try:
-        width = int(float(size.findtext("width", "").strip()))
-        height = int(float(size.findtext("height", "").strip()))
+        width = float(width_text)
+        height = float(height_text)
     except ValueError:
         return None
-    if width <= 0 or height <= 0:
+    if math.isnan(width) or math.isnan(height):
         return None
-    return width, height
+    if math.isinf(width) or math.isinf(height) or width * height > _max_image_pixels():
+        raise DataError(
+            f"{path}: <size> declares {width_text} x {height_text} pixels, more than the limit of "
+            f"{_max_image_pixels()} pixels per image. Fix: write the image's real width and height."
+        )
+    if width < 1 or height < 1:
+        return None
+    return int(width), int(height)
 
 
 def _parse_difficult(text: str | None, path: Path, index: int) -> bool:
@@ -422,7 +436,7 @@ def parse_annotation(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, tup
         difficult.append(_parse_difficult(obj.findtext("difficult"), path, index))
 
     voc_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return names, voc_boxes, np.asarray(difficult, dtype=bool), _parse_size(root), raw
+    return names, voc_boxes, np.asarray(difficult, dtype=bool), _parse_size(root, path), raw
 
 
 def voc_to_continuous(voc_boxes: np.ndarray) -> np.ndarray:
@@ -461,16 +475,41 @@ def _index_images(year_dir: Path) -> dict[str, Path]:
     return {stem: path for stem, (_, path) in best.items()}
 
 
+def _max_image_pixels() -> int:
+    # PIL's limit against decompression bombs (about 89 million pixels unless changed).
+    return PIL.Image.MAX_IMAGE_PIXELS or 2**62
+
+
+def _open_image(path: Path) -> PIL.Image.Image:
+    """Open an image lazily, rejecting any image of more than PIL.Image.MAX_IMAGE_PIXELS pixels.
+
+    PIL only warns between that limit and twice it, and raises above. A detection image
+    that large is a decompression bomb or a mistake, so both cases raise here, from the
+    header alone, before the pixels are decoded.
+
+    Raises:
+        DataError: the file is not a readable image, or it is over the pixel limit.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+        try:
+            return PIL.Image.open(path)
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as error:
+            raise DataError(
+                f"{path}: rejected as a possible decompression bomb: {error} Fix: replace the file with "
+                f"an image of at most {_max_image_pixels()} pixels."
+            ) from None
+        except OSError as error:
+            raise DataError(f"{path}: the image cannot be read ({error}). Fix: replace the file.") from None
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     """Read (width, height) from the image header without decoding the pixels.
 
     NOTE: a file that is cut off after its header passes here and fails later, in read_image.
     """
-    try:
-        with PIL.Image.open(path) as image:
-            return image.size
-    except (OSError, PIL.Image.DecompressionBombError) as error:
-        raise DataError(f"{path}: the image cannot be read ({error}). Fix: replace the file.") from None
+    with _open_image(path) as image:
+        return image.size
 
 
 def read_image(path: str | Path) -> PIL.Image.Image:
@@ -482,7 +521,7 @@ def read_image(path: str | Path) -> PIL.Image.Image:
     """
     path = Path(path)
     try:
-        with PIL.Image.open(path) as image:
+        with _open_image(path) as image:
             image.load()
             if image.mode == "RGB":
                 return image.copy()

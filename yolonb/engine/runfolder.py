@@ -6,13 +6,13 @@ import csv
 import io
 import json
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from yolonb.fileio import atomic_write, write_text  # noqa: F401 - write_text is part of this module's interface
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
@@ -32,33 +32,6 @@ MAX_CURVE_POINTS = 200
 SAMPLE_IMAGES = 8
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temporary file beside `path`, then rename it over `path`.
-
-    A reader thus sees the old file or the complete new one, never a partial file,
-    even when the process is killed while writing.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    # open(..., "xb") rather than tempfile.mkstemp, whose files are private (mode 0600)
-    # where the run folder's files should follow the umask like any other output.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write UTF-8 text to `path` atomically."""
-    _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON atomically; NaN or infinity raise ValueError (write None instead)."""
     write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
@@ -66,7 +39,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def save_torch(path: Path, data: Any) -> None:
     """Save `data` with torch.save atomically."""
-    _atomic_write(path, lambda file: torch.save(data, file))
+    atomic_write(path, lambda file: torch.save(data, file))
 
 
 def optional_float(value: float) -> float | None:

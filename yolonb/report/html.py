@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import nbformat
 from nbconvert import HTMLExporter
+
+from yolonb.fileio import write_text
 
 from .math import render_markdown_math
 
@@ -42,10 +43,7 @@ def notebook_to_html(notebook_path: str | Path, html_path: str | Path, exclude_i
     resources = {"metadata": {"path": str(notebook_path.parent.resolve()), "name": notebook_path.stem}}
     body, _ = exporter.from_notebook_node(notebook, resources=resources)
 
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = html_path.with_name(html_path.name + ".tmp")
-    temporary.write_text(body, encoding="utf-8")
-    os.replace(temporary, html_path)
+    write_text(html_path, body)
     return html_path
 
 

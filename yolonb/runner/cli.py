@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .execute import KERNEL_NAME, execute_notebook, run_notebook
 from .grids import DEFAULT_GRIDS_DIR, GridError, load_grids, select_sections
+from .lock import OutputFolderError, OutputLock, OutputLockedError
 from .plan import FAILED, Resolver, make_resolver, plan_runs
 from .results import collect_results, write_plan
 
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of the section notebooks and report.ipynb")
     parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel name (default: python3)")
     parser.add_argument("--no-report", action="store_true", help="skip report.ipynb and report.html")
+    parser.add_argument("--wait-lock", action="store_true",
+                        help="when another run_all.py is writing to --out, wait for it to end instead of stopping")
     return parser
 
 
@@ -67,6 +71,34 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None) -> int:
               f"(--jobs 1)", file=sys.stderr)
         return 2
 
+    # The lock comes first: it also checks, before any data is read, that --out is writable.
+    lock = OutputLock(args.out)
+    try:
+        lock.acquire(wait=args.wait_lock)
+    except (OutputFolderError, OutputLockedError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        return _plan_and_run(args, resolve)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept in {args.out / 'runs'}; run the same command again to "
+              f"finish the others (an interrupted run resumes from its last finished epoch)", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        print(f"error: {error}\nfinished runs are kept in {args.out / 'runs'}; fix the cause, then run the same "
+              f"command again", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
+
+
+# A full disk or a folder that became read-only while the grid ran: reported as a message, not a traceback.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+
+def _plan_and_run(args: argparse.Namespace, resolve: Resolver | None) -> int:
     try:
         sections = select_sections(load_grids(args.grids), args.sections)
         if resolve is None:
@@ -97,6 +129,8 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None) -> int:
         mark = f"mAP {_run_map(run):.4f}" if run.status != FAILED else f"FAILED ({run.error})"
         tqdm.write(f"{run.run_id}  {run.row} seed {run.seed}: {mark}, {run.wall_time_s:.0f} s")
 
+    # NOTE: a run killed after writing metrics.json but before papermill saved its last cell
+    # is cached with a run.ipynb that lacks the last outputs, and its run.html shows that.
     for run in runs:
         if run.status == "cached" and not run.html_path.exists() and run.output_notebook.exists():
             _convert_quietly(notebook_to_html, run.output_notebook, run.html_path)

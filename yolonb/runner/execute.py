@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import papermill
+
+from yolonb.fileio import remove_stale_temporaries, write_text
 
 from .plan import FAILED, FINISHED, PlannedRun, is_finished
 
@@ -38,8 +39,10 @@ def execute_notebook(input_path: str | Path, output_path: str | Path, parameters
             str(input_path), str(output_path), parameters=parameters, kernel_name=kernel_name,
             progress_bar=False, log_output=False, stdout_file=log, stderr_file=log,
             cwd=str(cwd) if cwd is not None else None, start_timeout=start_timeout,
-            # The kernel's own start-up warnings would break the progress bar of run_all.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # The kernel logs to run_all's terminal, not to `log_path`: its start-up warnings
+            # would break the progress bar, and a Ctrl-C of run_all makes it log a traceback
+            # about the closed connection. Errors of the notebook's cells reach the notebook.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
 
 
@@ -56,6 +59,8 @@ def run_notebook(run: PlannedRun, kernel_name: str = KERNEL_NAME, force: bool = 
     if force and run.run_dir.exists():
         shutil.rmtree(run.run_dir)
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temporaries(run.run_dir):
+        logger.info("removed %s, left by a process killed while writing it", path)
 
     # Progress bars in a kernel without widgets print a line per step into the notebook.
     parameters = {"config": run.config, "out_dir": str(run.run_dir.resolve()), "progress": False}
@@ -112,7 +117,4 @@ def _write_run_json(run: PlannedRun) -> None:
         "status": run.status, "error": run.error, "wall_time_s": run.wall_time_s,
         "notebook": str(run.output_notebook), "log": str(run.log_path),
     }
-    path = run.run_dir / "run.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text(run.run_dir / "run.json", json.dumps(record, indent=2))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from yolonb.fileio import write_text
 
 from .grids import Section
 from .plan import PlannedRun
@@ -79,10 +80,9 @@ def _relative(path: Path, out_dir: Path) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    # The run folder's writer: fsync before the rename, a unique temporary name, and an
+    # error that names `path`.
+    write_text(path, text)
 
 
 def write_plan(sections: list[Section], runs: list[PlannedRun], out_dir: str | Path, *, profile: str,
