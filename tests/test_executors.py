@@ -18,7 +18,7 @@ from yolonb.runner.cli import main
 from yolonb.runner.executors import ExecutorError, pack_folder, parse_devices, select_executor, unpack_folder
 from yolonb.runner.plan import FINISHED, PlannedRun
 
-# A stand-in for run_experiment: it records the device it was given as its mAP's companion.
+# A stand-in for run_experiment: its mAP is the row's alpha, and it records the device it was given.
 WRITE_METRICS = """\
 import json, pathlib
 folder = pathlib.Path(out_dir)

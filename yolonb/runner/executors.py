@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # "cpu", "cuda", "cuda:N", or a bare GPU index N meaning cuda:N.
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|\d+")
 
-# How the run folders of a Dask cluster reach the client's --out folder.
+# Transports of run folders from Dask workers into the client's --out folder.
 RESULT_MODES = ("shared", "transfer")
 
 # Transferred run folders leave out the resume checkpoint: it is the largest file (about
