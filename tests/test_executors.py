@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dask
 import pytest
+import torch
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 import nbformat
 
@@ -282,7 +283,14 @@ def test_dask_smoke_run_matches_local(tmp_path, monkeypatch, dask_scheduler):
     row = _read_csv(out / "results.csv")["reference/fpn"]
     assert row["status"] == "finished"
     remote = json.loads((out / "runs" / row["run_id"] / "metrics.json").read_text())
-    local = run_experiment(RunConfig.from_dict(remote["config"]), tmp_path / "local", progress=False)
+    # Dask's nanny starts workers with OMP_NUM_THREADS=1, and CPU kernels reduce in another
+    # order with another thread count, so the local run uses one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_experiment(RunConfig.from_dict(remote["config"]), tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert float(row["map_voc07"]) == local["map_voc07"]
     _same_metrics(remote, local)
 
@@ -291,6 +299,8 @@ def test_dask_smoke_run_matches_local(tmp_path, monkeypatch, dask_scheduler):
 def test_dask_smoke_section_matches_local(tmp_path, monkeypatch, dask_scheduler):
     # The reference section's two runs through both executors of run_all.py, then the report.
     monkeypatch.setenv("YOLONB_CACHE", str(tmp_path / "cache"))
+    # The local kernels get the one thread that Dask's nanny gives its workers.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     common = ["--profile", "smoke", "--device", "cpu", "--sections", "reference"]
 
     assert main([*common, "--out", str(tmp_path / "local"), "--no-report"]) == 0
