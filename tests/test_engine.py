@@ -34,6 +34,7 @@ METRICS_KEYS = {
     "eval_time_s",
     "train_images_per_s",
     "device",
+    "world_size",
     "versions",
     "git_commit",
     "config",
@@ -130,6 +131,7 @@ def _check_run_folder(out, metrics, config, splits):
     steps = len(train.records) // config.batch_size
     assert metrics["train_images_per_s"] == pytest.approx(config.epochs * steps * config.batch_size / metrics["train_time_s"], rel=0.01)
     assert metrics["device"] == "cpu bfloat16 channels_last"
+    assert metrics["world_size"] == 1
     assert set(metrics["versions"]) == {"python", "torch", "torchvision", "yolonb"}
     assert metrics["versions"]["torch"] == torch.__version__
     assert metrics["git_commit"] is None or len(metrics["git_commit"]) == 40

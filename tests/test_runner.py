@@ -186,8 +186,8 @@ def test_force_runs_again(tmp_path, capsys):
 
 
 def test_options_rejected(tmp_path, capsys):
-    assert main(["--jobs", "2", "--dry-run", "--out", str(tmp_path)]) == 2
-    assert "--jobs 2 is not supported" in capsys.readouterr().err
+    assert main(["--jobs", "0", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert "--jobs 0 is invalid" in capsys.readouterr().err
     assert main(["--seeds", "0", "--dry-run", "--out", str(tmp_path)]) == 2
     assert main(["--sections", "nonsense", "--dry-run", "--out", str(tmp_path)], resolve=_fake_resolve) == 2
     assert "unknown section(s) ['nonsense']" in capsys.readouterr().err

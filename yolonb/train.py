@@ -4,6 +4,9 @@
     python -m yolonb.train --profile quick --data ../VOCdevkit --set input_size=320 --out runs/lights
 
 Prints the run id, the mAP and the time of the finished run, and the per-class AP.
+On several GPUs, start it with torchrun; batch_size stays the global batch:
+
+    torchrun --nproc-per-node 4 -m yolonb.train --profile voc --data /data/VOCdevkit --out runs/voc
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -56,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Under torchrun every process runs this, and only rank 0 (RANK=0) logs progress and
+    # prints the table. The variable is read here so that --help does not load torch.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(message)s")
 
     if args.list_fields:
         print("\n".join(FIELD_NAMES))
@@ -95,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
 
-    print(format_per_class(metrics))
+    if main_process:
+        print(format_per_class(metrics))
     return 0
 
 

@@ -41,6 +41,7 @@ from yolonb.data import (
 )
 from yolonb.data.synthetic import ensure_synthetic
 from yolonb.engine import runfolder
+from yolonb.engine.distributed import ProcessGroup, process_group
 from yolonb.engine.evaluate import Evaluation, evaluate_model, make_eval_loader
 from yolonb.engine.runtime import Runtime, epoch_seed, resolve_runtime, seed_everything, seed_worker
 from yolonb.losses.detection import LossSpec, detection_loss
@@ -116,8 +117,15 @@ def _data_set_name(root: Path) -> str:
     return path.name or root.name
 
 
-def make_train_loader(records: Sequence, config: RunConfig, runtime: Runtime, seed: int) -> torch.utils.data.DataLoader:
-    """Build the shuffled, augmented training loader of one epoch, its order and augmentation drawn from `seed`."""
+def make_train_loader(
+    records: Sequence, config: RunConfig, runtime: Runtime, seed: int, group: ProcessGroup | None = None
+) -> torch.utils.data.DataLoader:
+    """Build the shuffled, augmented training loader of one epoch, its order and augmentation drawn from `seed`.
+
+    In a distributed run each process draws its own share of the images (a
+    DistributedSampler shuffled from `seed`) in batches of batch_size / world_size.
+    """
+    group = group or ProcessGroup()
     if config.multiscale_sizes:
         # The transform resizes to the largest size and the collate scales each batch
         # down to its drawn size, so no batch is upsampled twice.
@@ -127,19 +135,27 @@ def make_train_loader(records: Sequence, config: RunConfig, runtime: Runtime, se
         transform = train_transform(config.input_size, config.augment)
         collate = collate_detection
     dataset = DetectionDataset(records, transform=transform)
+    batch_size = group.local_batch_size(config.batch_size)
+    sampler = None
+    if group.enabled:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, num_replicas=group.world_size, rank=group.rank, shuffle=True, seed=seed
+        )
 
     # A last batch of one image would give BatchNorm a batch statistic from a single sample.
-    drop_last = len(dataset) > config.batch_size
+    drop_last = (len(sampler) if sampler is not None else len(dataset)) > batch_size
+    # Loader workers draw augmentations from this generator, so each rank gets its own stream.
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=runtime.workers,
         collate_fn=collate,
         pin_memory=runtime.pin_memory,
         worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed + group.rank),
     )
 
 
@@ -229,12 +245,14 @@ def train_one_epoch(
     runtime: Runtime,
     epoch: int,
     progress: bool = True,
+    group: ProcessGroup | None = None,
 ) -> dict[str, float]:
-    """Train for one epoch and return the mean of each loss term over its steps.
+    """Train for one epoch and return the mean of each loss term over its steps (and over the processes).
 
     Raises:
         NonFiniteLossError: a loss term is NaN or infinite; nothing is updated from that step.
     """
+    group = group or ProcessGroup()
     model.train()
     sums = dict.fromkeys(LOSS_TERMS, 0.0)
     steps = 0
@@ -246,7 +264,10 @@ def train_one_epoch(
             output = model(images)
         losses = detection_loss(_float_output(output), targets, spec, images.shape[-1])
 
-        values = {term: float(losses[term].detach()) for term in LOSS_TERMS}
+        # Every process checks the same averaged values, so a non-finite loss on one rank
+        # stops all of them at the same step instead of leaving the others waiting.
+        local = [float(losses[term].detach()) for term in LOSS_TERMS]
+        values = dict(zip(LOSS_TERMS, group.mean(local, runtime.device)))
         if not all(math.isfinite(value) for value in values.values()):
             terms = ", ".join(f"{term}={value:.4g}" for term, value in values.items())
             raise NonFiniteLossError(
@@ -355,6 +376,7 @@ def build_metrics(
     history: list[dict[str, Any]],
     wall_time_s: float,
     images_trained: int,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Assemble the metrics.json content of a finished run."""
     result = evaluation.result
@@ -375,6 +397,7 @@ def build_metrics(
         "eval_time_s": round(evaluation.seconds, 3),
         "train_images_per_s": round(images_trained / train_time_s, 2) if train_time_s > 0 else None,
         "device": runtime.describe(),
+        "world_size": world_size,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -438,10 +461,18 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         NonFiniteLossError: a loss became NaN or infinite; the checkpoint of the last
             completed epoch is kept.
         RuntimeError: out_dir contains a checkpoint of another run.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this function and trains with
+    DistributedDataParallel (see yolonb.engine.distributed); rank 0 alone evaluates and
+    writes the run folder, and every rank returns its metrics.
     """
+    with process_group(config) as group:
+        return _run_experiment(config, Path(out_dir), progress and group.is_main, force, group)
+
+
+def _run_experiment(config: RunConfig, out_dir: Path, progress: bool, force: bool, group: ProcessGroup) -> dict[str, Any]:
     start = time.perf_counter()
-    out_dir = Path(out_dir)
-    runtime = resolve_runtime(config)
+    runtime = group.place(resolve_runtime(config))
     data = resolve_data(config)
     run_id = config.run_id(data.fingerprint)
 
@@ -479,7 +510,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
     )
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = build_optimizer(model, config)
-    steps_per_epoch = len(make_train_loader(data.train.records, config, runtime, seed=config.seed))
+    steps_per_epoch = len(make_train_loader(data.train.records, config, runtime, config.seed, group))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LearningRateFactor(config, steps_per_epoch))
     scaler = torch.amp.GradScaler(runtime.device.type) if runtime.amp_dtype == torch.float16 else None
     eval_loader = make_eval_loader(data.test.records, config, runtime)
@@ -500,6 +531,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         previous_wall_s = float(state["wall_time_s"])
         images_trained = int(state["images_trained"])
         logger.info("run %s: resuming after epoch %d of %d from %s", run_id, start_epoch, config.epochs, checkpoint_path)
+    trained_model = group.wrap(model)
 
     evaluation: Evaluation | None = None
     epoch_bar = tqdm(
@@ -513,13 +545,15 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         # Reseeding per epoch makes the epoch's batches and augmentations a function of
         # (seed, epoch), so a resumed run repeats an uninterrupted one.
         seed = epoch_seed(config.seed, epoch)
-        seed_everything(seed)
-        loader = make_train_loader(data.train.records, config, runtime, seed)
+        seed_everything(seed + group.rank)
+        loader = make_train_loader(data.train.records, config, runtime, seed, group)
 
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         try:
-            losses = train_one_epoch(model, loader, optimizer, scheduler, scaler, spec, config, runtime, epoch, progress)
+            losses = train_one_epoch(
+                trained_model, loader, optimizer, scheduler, scaler, spec, config, runtime, epoch, progress, group
+            )
         except NonFiniteLossError as error:
             if history:
                 checkpoint_note = f"the checkpoint of epoch {history[-1]['epoch']} is kept at {checkpoint_path}"
@@ -538,7 +572,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
             "epoch_time_s": round(epoch_time_s, 3),
         }
         is_last = epoch == config.epochs
-        if is_last or (config.eval_interval and epoch % config.eval_interval == 0):
+        evaluate_now = is_last or (config.eval_interval and epoch % config.eval_interval == 0)
+        if evaluate_now and group.is_main:
             evaluation = evaluate_model(
                 model, eval_loader, data.test.records, data.classes, spec, config, runtime, progress
             )
@@ -548,6 +583,8 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         if evaluation is not None:
             postfix["mAP"] = f"{evaluation.result.map_voc07:.3f}"
         epoch_bar.set_postfix(postfix, refresh=False)
+        if not group.is_main:
+            continue
 
         _save_checkpoint(
             checkpoint_path,
@@ -566,6 +603,9 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         )
         runfolder.write_history(out_dir / runfolder.HISTORY_FILE, history)
 
+    if not group.is_main:
+        return group.broadcast(None)
+
     # A run resumed after its last epoch (killed during the final evaluation) evaluates here.
     if evaluation is None:
         evaluation = evaluate_model(model, eval_loader, data.test.records, data.classes, spec, config, runtime, progress)
@@ -573,7 +613,9 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         runfolder.write_history(out_dir / runfolder.HISTORY_FILE, history)
 
     wall_time_s = previous_wall_s + time.perf_counter() - start
-    metrics = build_metrics(run_id, config, data, runtime, evaluation, history, wall_time_s, images_trained)
+    metrics = build_metrics(
+        run_id, config, data, runtime, evaluation, history, wall_time_s, images_trained, group.world_size
+    )
     result = evaluation.result
     runfolder.write_json(out_dir / runfolder.PR_CURVES_FILE, runfolder.pr_curves(data.classes, result.precision, result.recall))
     runfolder.write_json(
@@ -594,4 +636,4 @@ def run_experiment(config: RunConfig, out_dir: str | Path, *, progress: bool = T
         wall_time_s,
         out_dir,
     )
-    return metrics
+    return group.broadcast(metrics)

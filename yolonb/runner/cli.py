@@ -12,7 +12,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .execute import KERNEL_NAME, execute_notebook, run_notebook
+from .execute import KERNEL_NAME, execute_notebook
+from .executors import RESULT_MODES, Executor, ExecutorError, select_executor
 from .grids import DEFAULT_GRIDS_DIR, GridError, load_grids, select_sections
 from .lock import OutputFolderError, OutputLock, OutputLockedError
 from .plan import FAILED, Resolver, make_resolver, plan_runs
@@ -40,8 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="list the runs and which are cached, run nothing")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the profile's)")
     parser.add_argument("--out", default="reports", type=Path, help="output folder (default: reports/)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs executed at once; only 1 is supported (default: 1)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs executed at once on this machine, one device each (default: 1)")
+    parser.add_argument("--devices", default=None, metavar="LIST",
+                        help="comma-separated devices handed to the --jobs runs, e.g. 0,1 or cuda:0,cuda:1 or "
+                             "cpu,cpu (default with --jobs N > 1: the first N GPUs, else cpu N times)")
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="local: this machine; dask: submit each run to the Dask cluster of --scheduler "
+                             "(default: local)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="Dask scheduler address for --executor dask, e.g. tcp://127.0.0.1:8786")
+    parser.add_argument("--dask-results", choices=RESULT_MODES, default=None,
+                        help="shared: workers write into --out, which they see at the same path; transfer: "
+                             "workers return each run folder (without checkpoints/) and run_all.py writes it "
+                             "(default: shared)")
     parser.add_argument("--grids", default=DEFAULT_GRIDS_DIR, type=Path, help="folder of the grid YAML files")
     parser.add_argument("--notebooks", default=DEFAULT_NOTEBOOKS_DIR, type=Path,
                         help="folder of the section notebooks and report.ipynb")
@@ -66,9 +79,12 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None) -> int:
     if args.seeds < 1:
         print(f"error: --seeds {args.seeds} is invalid; give a number of seeds >= 1", file=sys.stderr)
         return 2
-    if args.jobs != 1:
-        print(f"error: --jobs {args.jobs} is not supported; this version runs one notebook at a time "
-              f"(--jobs 1)", file=sys.stderr)
+    try:
+        execute = select_executor(args.executor, jobs=args.jobs, devices=args.devices, device=args.device,
+                                  scheduler=args.scheduler, results=args.dask_results, kernel_name=args.kernel,
+                                  force=args.force)
+    except ExecutorError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
     # The lock comes first: it also checks, before any data is read, that --out is writable.
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        return _plan_and_run(args, resolve)
+        return _plan_and_run(args, resolve, execute)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept in {args.out / 'runs'}; run the same command again to "
               f"finish the others (an interrupted run resumes from its last finished epoch)", file=sys.stderr)
@@ -98,7 +114,7 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None) -> int:
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 
 
-def _plan_and_run(args: argparse.Namespace, resolve: Resolver | None) -> int:
+def _plan_and_run(args: argparse.Namespace, resolve: Resolver | None, execute: Executor) -> int:
     try:
         sections = select_sections(load_grids(args.grids), args.sections)
         if resolve is None:
@@ -123,11 +139,16 @@ def _plan_and_run(args: argparse.Namespace, resolve: Resolver | None) -> int:
 
     to_run = [run for run in runs if args.force or run.status != "cached"]
     print(f"{len(runs)} runs planned, {len(runs) - len(to_run)} cached, {len(to_run)} to execute", flush=True)
-    for run in tqdm(to_run, desc="runs", unit="run"):
-        run_notebook(run, kernel_name=args.kernel, force=args.force)
-        _convert_quietly(notebook_to_html, run.output_notebook, run.html_path)
-        mark = f"mAP {_run_map(run):.4f}" if run.status != FAILED else f"FAILED ({run.error})"
-        tqdm.write(f"{run.run_id}  {run.row} seed {run.seed}: {mark}, {run.wall_time_s:.0f} s")
+    try:
+        with tqdm(total=len(to_run), desc="runs", unit="run") as bar:
+            for run in execute(to_run):
+                _convert_quietly(notebook_to_html, run.output_notebook, run.html_path)
+                mark = f"mAP {_run_map(run):.4f}" if run.status != FAILED else f"FAILED ({run.error})"
+                tqdm.write(f"{run.run_id}  {run.row} seed {run.seed}: {mark}, {run.wall_time_s:.0f} s")
+                bar.update()
+    except ExecutorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     # NOTE: a run killed after writing metrics.json but before papermill saved its last cell
     # is cached with a run.ipynb that lacks the last outputs, and its run.html shows that.

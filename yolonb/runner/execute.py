@@ -46,12 +46,14 @@ def execute_notebook(input_path: str | Path, output_path: str | Path, parameters
         )
 
 
-def run_notebook(run: PlannedRun, kernel_name: str = KERNEL_NAME, force: bool = False) -> PlannedRun:
+def run_notebook(run: PlannedRun, kernel_name: str = KERNEL_NAME, force: bool = False,
+                 device: str | None = None) -> PlannedRun:
     """Execute the notebook of one planned run into its run folder and record the outcome.
 
     A finished run folder is left alone unless `force`, which removes the folder first
     so the run starts from scratch instead of resuming. The outcome is also written to
-    `run_dir/run.json` (status, error, paths, wall time) for the report.
+    `run_dir/run.json` (status, error, paths, wall time) for the report. `device`, when
+    given, replaces the configuration's device for this execution.
     """
     if is_finished(run.run_dir) and not force:
         run.status = "cached"
@@ -63,7 +65,8 @@ def run_notebook(run: PlannedRun, kernel_name: str = KERNEL_NAME, force: bool = 
         logger.info("removed %s, left by a process killed while writing it", path)
 
     # Progress bars in a kernel without widgets print a line per step into the notebook.
-    parameters = {"config": run.config, "out_dir": str(run.run_dir.resolve()), "progress": False}
+    config = run.config if device is None else {**run.config, "device": device}
+    parameters = {"config": config, "out_dir": str(run.run_dir.resolve()), "progress": False}
     start = time.perf_counter()
     try:
         execute_notebook(run.notebook, run.output_notebook, parameters, run.log_path, kernel_name=kernel_name,
@@ -88,7 +91,7 @@ def run_notebook(run: PlannedRun, kernel_name: str = KERNEL_NAME, force: bool = 
     if run.status == FAILED:
         logger.error("run %s (%s, seed %d) failed: %s\n  notebook: %s\n  log: %s", run.run_id, run.row,
                      run.seed, run.error, run.output_notebook, run.log_path)
-    _write_run_json(run)
+    write_run_json(run)
     return run
 
 
@@ -111,7 +114,8 @@ def _failure_message(notebook_path: Path, error: papermill.PapermillExecutionErr
     return "the notebook failed; see its log"
 
 
-def _write_run_json(run: PlannedRun) -> None:
+def write_run_json(run: PlannedRun) -> None:
+    """Write `run_dir/run.json`: the runner's record of the run's status, error, paths and wall time."""
     record = {
         "run_id": run.run_id, "section": run.section, "row": run.row, "label": run.label, "seed": run.seed,
         "status": run.status, "error": run.error, "wall_time_s": run.wall_time_s,
