@@ -1,8 +1,9 @@
 """Print, per neck, the parameter count, forward FLOPs at 416 pixels and CPU training speed.
 
-Training speed is measured for full SGD steps (forward, target assignment, detection
-loss, backward, the engine's fused SGD step) on random images with three random boxes each. It runs
-at 128 pixels (batch 16) and 416 pixels (batch 8) in each requested mode: "fp32"
+Training speed is measured for full steps (forward, target assignment, detection loss,
+backward, and the fused SGD step the engine builds for the `voc` profile) on random
+images with three random boxes each. It runs at 128 pixels (batch 16) and 416 pixels
+(batch 8) in each requested mode: "fp32"
 (float32, NCHW), "fp32-cl" (float32, channels_last) and "bf16" (bfloat16 autocast,
 channels_last). The numbers depend on the machine and on whatever else runs on it, so
 compare necks from one invocation only.

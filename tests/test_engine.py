@@ -14,7 +14,8 @@ from yolonb.data import DataError, load_voc_splits
 from yolonb.data.synthetic import ensure_synthetic
 from yolonb.engine import NonFiniteLossError, load_model, rescale_boxes, run_experiment
 from yolonb.engine import train as engine_train
-from yolonb.engine.train import LearningRateFactor
+from yolonb.engine.train import LearningRateFactor, build_optimizer
+from yolonb.models import build_detector
 from yolonb.train import main
 
 SMOKE = get_profile("smoke", device="cpu", workers=0)
@@ -35,6 +36,7 @@ METRICS_KEYS = {
     "train_images_per_s",
     "device",
     "world_size",
+    "backbone",
     "versions",
     "git_commit",
     "config",
@@ -335,3 +337,17 @@ def test_cli_prints_per_class_ap(capsys, reference_run):
     for name in metrics["data"]["classes"]:
         assert name in printed
     assert f"run {metrics['run_id']}: mAP {metrics['map_voc07']:.4f}" in printed
+
+
+def test_backbone_learning_rate_factor():
+    model = build_detector(3, neck="fpn", pretrained=False, neck_channels=16)
+    config = SMOKE.replace(lr=1e-3, backbone_lr_factor=0.25)
+
+    optimizer = build_optimizer(model, config)
+
+    backbone = {id(parameter) for parameter in model.backbone.parameters()}
+    for group in optimizer.param_groups:
+        in_backbone = {id(parameter) in backbone for parameter in group["params"]}
+        assert len(in_backbone) == 1
+        assert group["lr"] == pytest.approx(2.5e-4 if in_backbone == {True} else 1e-3)
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))

@@ -11,9 +11,8 @@ from pathlib import Path
 import dask
 import pytest
 import torch
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-import nbformat
 
+from helpers import ONE_ROW_GRID, write_notebook
 from yolonb.runner import executors
 from yolonb.runner.cli import main
 from yolonb.runner.executors import ExecutorError, pack_folder, parse_devices, select_executor, unpack_folder
@@ -29,16 +28,6 @@ metrics = {"run_id": folder.name, "status": "finished", "map_voc07": config["alp
 (folder / "metrics.json").write_text(json.dumps(metrics))"""
 
 
-def _notebook(path: Path, *code_cells: str) -> Path:
-    notebook = new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    notebook.cells = [
-        new_markdown_cell("# test notebook"),
-        new_code_cell("config = None\nout_dir = ''", metadata={"tags": ["parameters"]}),
-        *[new_code_cell(source) for source in code_cells],
-    ]
-    nbformat.write(notebook, path)
-    return path
 
 
 def _fake_resolve(overrides: dict, seed: int) -> tuple[dict, str]:
@@ -62,8 +51,8 @@ def _fake_grid(folder: Path) -> Path:
 
 def _fake_notebooks(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    _notebook(folder / "good.ipynb", WRITE_METRICS)
-    _notebook(folder / "raises.ipynb", "raise ValueError('boom on the worker')")
+    write_notebook(folder / "good.ipynb", WRITE_METRICS)
+    write_notebook(folder / "raises.ipynb", "raise ValueError('boom on the worker')")
     return folder
 
 
@@ -246,17 +235,6 @@ def test_dask_unreachable_scheduler(tmp_path, capsys):
     assert "cannot connect to the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
 
 
-ONE_ROW_GRID = """\
-section: reference
-title: "Baseline and reference"
-notebook: reference.ipynb
-sources: {post: "lvsolo, Focal Loss及其改进, 2024-10-24"}
-tables:
-  - key: context
-    caption: "The FPN reference"
-    rows:
-      - {key: fpn, label: "FPN/MultiHeadFPN", overrides: {neck: fpn}, published: 0.7149, source: post}
-"""
 
 
 def _same_metrics(remote: dict, local: dict) -> None:

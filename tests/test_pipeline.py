@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import ONE_ROW_GRID
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,17 +29,6 @@ def _table_numbers(html: str, caption: str) -> list[str]:
     return re.findall(r"<td>(\d\.\d{4})", table)
 
 
-ONE_ROW_GRID = """\
-section: reference
-title: "Baseline and reference"
-notebook: reference.ipynb
-sources: {post: "lvsolo, Focal Loss及其改进, 2024-10-24"}
-tables:
-  - key: context
-    caption: "The FPN reference"
-    rows:
-      - {key: fpn, label: "FPN/MultiHeadFPN", overrides: {neck: fpn}, published: 0.7149, source: post}
-"""
 
 
 def test_pipeline_one_run(tmp_path):

@@ -11,8 +11,8 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from helpers import write_notebook
 from yolonb.runner.cli import main
 from yolonb.runner.execute import execute_notebook
 from yolonb.runner.grids import GridError, load_grids, load_section, select_sections
@@ -33,16 +33,6 @@ TRICKY = {
 }
 
 
-def _notebook(path: Path, *code_cells: str) -> Path:
-    notebook = new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    notebook.cells = [
-        new_markdown_cell("# test notebook"),
-        new_code_cell("config = None\nout_dir = ''", metadata={"tags": ["parameters"]}),
-        *[new_code_cell(source) for source in code_cells],
-    ]
-    nbformat.write(notebook, path)
-    return path
 
 
 # A stand-in for run_experiment: it writes the metrics.json of a finished run.
@@ -74,8 +64,8 @@ def _grid(folder: Path, rows: list[dict], notebook: str = "section.ipynb") -> Pa
 
 
 def test_parameters_reach_notebook_intact(tmp_path, caplog):
-    notebook = _notebook(tmp_path / "echo.ipynb",
-                         "import json, pathlib\npathlib.Path(out_dir, 'echo.json').write_text(json.dumps(config))")
+    notebook = write_notebook(tmp_path / "echo.ipynb",
+                              "import json, pathlib\npathlib.Path(out_dir, 'echo.json').write_text(json.dumps(config))")
     with caplog.at_level(logging.WARNING, logger="papermill"):
         execute_notebook(notebook, tmp_path / "out.ipynb", {"config": TRICKY, "out_dir": str(tmp_path)},
                          tmp_path / "log.txt")
@@ -114,9 +104,9 @@ def test_failed_runs_and_cache(tmp_path, capsys):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     later_cell = "print('this cell must not run')"
-    _notebook(notebooks / "good.ipynb", WRITE_METRICS)
-    _notebook(notebooks / "raises.ipynb", "raise ValueError('boom in the notebook')", later_cell)
-    _notebook(notebooks / "magic.ipynb", "%not_a_real_magic", later_cell)
+    write_notebook(notebooks / "good.ipynb", WRITE_METRICS)
+    write_notebook(notebooks / "raises.ipynb", "raise ValueError('boom in the notebook')", later_cell)
+    write_notebook(notebooks / "magic.ipynb", "%not_a_real_magic", later_cell)
 
     grids = tmp_path / "grids"
     _grid(grids, [{"key": "good", "label": "good <b>row</b>", "overrides": {"alpha": 0.5},
@@ -171,7 +161,7 @@ def test_failed_runs_and_cache(tmp_path, capsys):
 def test_force_runs_again(tmp_path, capsys):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _notebook(notebooks / "section.ipynb", WRITE_METRICS)
+    write_notebook(notebooks / "section.ipynb", WRITE_METRICS)
     grids = _grid(tmp_path / "grids", [{"key": "a", "label": "a", "overrides": {"alpha": 0.3}}])
     out = tmp_path / "reports"
     argv = ["--grids", str(grids), "--notebooks", str(notebooks), "--out", str(out), "--no-report"]
@@ -196,7 +186,7 @@ def test_options_rejected(tmp_path, capsys):
 def test_seeds_plan_one_run_each(tmp_path, capsys):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _notebook(notebooks / "section.ipynb", WRITE_METRICS)
+    write_notebook(notebooks / "section.ipynb", WRITE_METRICS)
     grids = _grid(tmp_path / "grids", [{"key": "a", "label": "a", "overrides": {"alpha": 0.3}}])
     out = tmp_path / "reports"
     assert main(["--grids", str(grids), "--notebooks", str(notebooks), "--out", str(out), "--seeds", "3",

@@ -121,6 +121,23 @@ class ResNet18Backbone(nn.Module):
         self.layer3 = model.layer3
         self.layer4 = model.layer4
 
+    def load_torchvision_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a torchvision ResNet-18 state dict (conv1, bn1, layer1 to layer4; fc is ignored).
+
+        Raises:
+            RuntimeError: a key is missing or a shape differs.
+        """
+        stem_names = {"conv1.": "stem.0.", "bn1.": "stem.1."}
+        renamed = {}
+        for key, value in state_dict.items():
+            if key.startswith("fc."):
+                continue
+            for old, new in stem_names.items():
+                if key.startswith(old):
+                    key = new + key[len(old):]
+            renamed[key] = value
+        self.load_state_dict(renamed)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute the feature maps at strides 8, 16 and 32.
 

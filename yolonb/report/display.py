@@ -62,13 +62,27 @@ def show_notice(data: ReportData) -> None:
     name = escape_text(data_info.get("name", "unknown"))
     text = (f"<p>Data set: <strong>{name}</strong> ({data_info.get('n_train_images')} training and "
             f"{data_info.get('n_test_images')} test images), profile <strong>"
-            f"{escape_text(data.plan.get('profile'))}</strong>, {len(data.results)} runs.</p>")
+            f"{escape_text(data.plan.get('profile'))}</strong>, {len(data.results)} runs. Backbone: "
+            f"{escape_text(backbone_text(finished[0].get('backbone')))}.</p>")
     if not data_info.get("is_voc"):
         text += (f'<p class="yolonb-notice">These runs did not use {PUBLISHED_TEST_SET}, so their mAP '
                  f"<strong>cannot be compared with the published numbers</strong>; the published column is "
                  f"shown for orientation only. Compare rows against the reference row of the same report "
                  f"instead (the \"vs reference\" column).</p>")
     display(HTML(text))
+
+
+def backbone_text(backbone: dict | None) -> str:
+    """Describe how the runs' ResNet-18 started: ImageNet weights, crop pretraining or from scratch."""
+    init = (backbone or {}).get("init")
+    if init == "imagenet":
+        return "ResNet-18 with torchvision's ImageNet weights, as in the published recipe"
+    if init == "crops":
+        info = backbone.get("pretraining") or {}
+        return (f"ResNet-18 pretrained on {info.get('crops')} object and background crops of the training split "
+                f"({info.get('epochs')} epochs, held-out crop accuracy {info.get('val_accuracy')}), in place of "
+                "the published recipe's ImageNet weights")
+    return "ResNet-18 trained from scratch (no ImageNet weights)"
 
 
 def _is_voc(data: ReportData) -> bool:
@@ -224,7 +238,7 @@ def show_provenance(data: ReportData) -> None:
         ("test images / objects", f"{data_info.get('n_test_images')} / {data_info.get('n_test_objects')}"),
         ("classes", ", ".join(str(c) for c in data_info.get("classes") or [])),
         ("is Pascal VOC", data_info.get("is_voc")), ("profile", data.plan.get("profile")),
-        ("seeds", data.seeds), ("device", first.get("device")),
+        ("seeds", data.seeds), ("device", first.get("device")), ("backbone", backbone_text(first.get("backbone"))),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
         ("git commit", first.get("git_commit")), ("published numbers", POST_CITATION),
     ]

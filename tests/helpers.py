@@ -1,0 +1,34 @@
+"""Test helpers shared by the runner, executor and pipeline tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+# A grid of the reference section with the FPN row alone.
+ONE_ROW_GRID = """\
+section: reference
+title: "Baseline and reference"
+notebook: reference.ipynb
+sources: {post: "lvsolo, Focal Loss及其改进, 2024-10-24"}
+tables:
+  - key: context
+    caption: "The FPN reference"
+    rows:
+      - {key: fpn, label: "FPN/MultiHeadFPN", overrides: {neck: fpn}, published: 0.7149, source: post}
+"""
+
+
+def write_notebook(path: Path, *code_cells: str) -> Path:
+    """Write a notebook with a "parameters" cell (config, out_dir) followed by `code_cells`."""
+    notebook = new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells = [
+        new_markdown_cell("# test notebook"),
+        new_code_cell("config = None\nout_dir = ''", metadata={"tags": ["parameters"]}),
+        *[new_code_cell(source) for source in code_cells],
+    ]
+    nbformat.write(notebook, path)
+    return path
