@@ -459,15 +459,15 @@ def apply_overrides(config: RunConfig, assignments: Iterable[str]) -> RunConfig:
 # ---------------------------------------------------------------------------
 # Profiles.
 
-# The defaults of RunConfig: the embedded synthetic data at 160 pixels, trained from
-# scratch with AdamW, warm-up and a cosine schedule, bf16 autocast on the CPU, and
-# the centre-plus-two-neighbours assignment. The epochs are sized so one reference run
-# trains in about a minute on a 2-core CPU (see benchmarks/README.md). At equal
-# training time 160 and 192 pixels learned faster than 128 (mAP 0.15 after 80 s at
-# 192 pixels against 0.11 at 128). From scratch the class loss stays near ln(C) for
-# all 5 epochs (mAP 0.12), so the backbone is first pretrained on object crops, once
-# per data set, and then trained at a fifth of the learning rate (mAP 0.29 with 6
-# pretraining epochs; benchmarks/README.md).
+# The defaults of RunConfig: the embedded synthetic data at 160 pixels, AdamW with
+# warm-up and a cosine schedule, bf16 autocast on the CPU, and the centre-plus-two-
+# neighbours assignment. The epochs are sized so one reference run trains in about a
+# minute on a 2-core CPU (see benchmarks/README.md). At equal training time 160 and
+# 192 pixels learned faster than 128 (mAP 0.15 after 80 s at 192 pixels against 0.11
+# at 128). From scratch the class loss stays near that of predicting the class
+# frequencies alone (mAP 0.12). So the backbone is first pretrained on object crops,
+# once per data set, then trained at a fifth of the learning rate (mAP 0.29 with 6
+# pretraining epochs).
 # NOTE: the reference run stays below the mAP 0.5 this profile aims at; the rare classes
 # (arrow, star, cross) have the lowest AP.
 _QUICK = RunConfig()

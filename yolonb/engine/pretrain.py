@@ -3,7 +3,7 @@
 The published recipe fine-tunes a ResNet-18 pretrained on ImageNet. Where those weights
 cannot be downloaded (an offline machine), a detector trained from scratch for
 a few minutes barely starts to tell the classes apart: its class loss stays near
-ln(C). The stand-in here follows the same two stages on a small scale. First a
+that of predicting the class frequencies alone. The stand-in here follows the same two stages on a small scale. First a
 torchvision ResNet-18 learns to classify square crops around the training split's
 objects, plus background crops, as C + 1 classes. Its weights then initialise the
 detector's backbone. Every run of a grid with the same training split shares one
@@ -42,8 +42,8 @@ PRETRAIN_VERSION = 1
 CROP_SIZE = 64
 CROPS_PER_OBJECT = 3
 BACKGROUND_PER_IMAGE = 3
-# Each crop is a square of side max(w, h) times a factor in this range, its centre
-# shifted by up to this fraction of the box size, so the classifier learns from the
+# Each crop is a square of side max(w, h) times a factor in this range. Its centre
+# shifts by up to this fraction of the box size, so the classifier learns from the
 # context and the misalignment that a detector cell also meets.
 CONTEXT_RANGE = (1.1, 1.8)
 CENTRE_JITTER = 0.15

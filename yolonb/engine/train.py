@@ -431,7 +431,7 @@ def build_metrics(
 
 def prepare_backbone(model: torch.nn.Module, config: RunConfig, data: RunData, runtime: Runtime,
                      progress: bool) -> dict[str, Any]:
-    """Load the crop-pretrained backbone into `model` when the run asks for it and has no ImageNet weights.
+    """Load the crop-pretrained backbone into `model` when `crop_pretrain_epochs` > 0 and no ImageNet weights loaded.
 
     Returns:
         {"init": "imagenet", "crops" or "scratch", "pretraining": info of the crop pretraining or None},

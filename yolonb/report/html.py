@@ -36,6 +36,7 @@ def notebook_to_html(notebook_path: str | Path, html_path: str | Path, exclude_i
     notebook_path = Path(notebook_path)
     html_path = Path(html_path)
     notebook = nbformat.read(notebook_path, as_version=4)
+    drop_default_parameters(notebook)
     draw_formulas(notebook)
 
     exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
@@ -45,6 +46,19 @@ def notebook_to_html(notebook_path: str | Path, html_path: str | Path, exclude_i
 
     write_text(html_path, body)
     return html_path
+
+
+def drop_default_parameters(notebook: nbformat.NotebookNode) -> None:
+    """Remove the "parameters" cell, in place, when papermill injected the run's own values after it.
+
+    The page then shows only the values the run used, not the notebook's defaults
+    that papermill overrode.
+    """
+    def tags(cell: nbformat.NotebookNode) -> list[str]:
+        return cell.get("metadata", {}).get("tags", [])
+
+    if any("injected-parameters" in tags(cell) for cell in notebook.cells):
+        notebook.cells = [cell for cell in notebook.cells if "parameters" not in tags(cell)]
 
 
 def draw_formulas(notebook: nbformat.NotebookNode) -> None:

@@ -1,4 +1,4 @@
-"""Formulas drawn as SVG for offline pages: what is replaced, what is left alone."""
+"""HTML pages of notebooks: formulas drawn as SVG for offline reading, and run pages' parameters."""
 
 import base64
 import logging
@@ -103,3 +103,30 @@ def test_converted_page_has_no_raw_latex(tmp_path):
     assert r"$\gamma" not in html
     assert len(svg_images(html)) == 2
     assert nbformat.read(path, as_version=4).cells[0].source.startswith("Focal loss: $$")
+
+
+def test_run_page_shows_injected_parameters_only(tmp_path):
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("overrides = {'cls_loss': 'default_loss'}", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("overrides = {'cls_loss': 'injected_loss'}",
+                                  metadata={"tags": ["injected-parameters"]}),
+    ])
+    path = tmp_path / "run.ipynb"
+    nbformat.write(notebook, path)
+
+    html = notebook_to_html(path, tmp_path / "run.html", exclude_input=False).read_text(encoding="utf-8")
+
+    assert "injected_loss" in html
+    assert "default_loss" not in html
+
+
+def test_page_without_injection_keeps_parameters(tmp_path):
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("overrides = {'cls_loss': 'default_loss'}", metadata={"tags": ["parameters"]}),
+    ])
+    path = tmp_path / "plain.ipynb"
+    nbformat.write(notebook, path)
+
+    html = notebook_to_html(path, tmp_path / "plain.html", exclude_input=False).read_text(encoding="utf-8")
+
+    assert "default_loss" in html
