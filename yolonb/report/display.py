@@ -64,6 +64,9 @@ def show_notice(data: ReportData) -> None:
             f"{data_info.get('n_test_images')} test images), profile <strong>"
             f"{escape_text(data.plan.get('profile'))}</strong>, {len(data.results)} runs. Backbone: "
             f"{escape_text(backbone_text(finished[0].get('backbone')))}.</p>")
+    if data.seeds == 1:
+        text += ("<p>Each configuration was trained once (one seed), so differences of a few hundredths "
+                 "of mAP between rows may be noise; <code>run_all.py --seeds 3</code> shows the spread.</p>")
     if not data_info.get("is_voc"):
         text += (f'<p class="yolonb-notice">These runs did not use {PUBLISHED_TEST_SET}, so their mAP '
                  f"<strong>cannot be compared with the published numbers</strong>; the published column is "
@@ -79,9 +82,11 @@ def backbone_text(backbone: dict | None) -> str:
         return "ResNet-18 with torchvision's ImageNet weights, as in the published recipe"
     if init == "crops":
         info = backbone.get("pretraining") or {}
-        return (f"ResNet-18 pretrained on {info.get('crops')} object and background crops of the training split "
-                f"({info.get('epochs')} epochs, held-out crop accuracy {info.get('val_accuracy')}), in place of "
-                "the published recipe's ImageNet weights")
+        crops, background = info.get("crops") or 0, info.get("background_crops") or 0
+        return (f"ResNet-18 pretrained to classify {crops - background} object crops and {background} background "
+                f"crops of the training split ({info.get('epochs')} epochs, {info.get('seconds')} s once per data "
+                f"set, held-out crop accuracy {info.get('val_accuracy')}), in place of the published recipe's "
+                "ImageNet weights")
     return "ResNet-18 trained from scratch (no ImageNet weights)"
 
 
@@ -237,7 +242,7 @@ def show_provenance(data: ReportData) -> None:
         ("training images / objects", f"{data_info.get('n_train_images')} / {data_info.get('n_train_objects')}"),
         ("test images / objects", f"{data_info.get('n_test_images')} / {data_info.get('n_test_objects')}"),
         ("classes", ", ".join(str(c) for c in data_info.get("classes") or [])),
-        ("is Pascal VOC", data_info.get("is_voc")), ("profile", data.plan.get("profile")),
+        ("is Pascal VOC", "yes" if data_info.get("is_voc") else "no"), ("profile", data.plan.get("profile")),
         ("seeds", data.seeds), ("device", first.get("device")), ("backbone", backbone_text(first.get("backbone"))),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
         ("git commit", first.get("git_commit")), ("published numbers", POST_CITATION),
