@@ -96,6 +96,8 @@ def test_pretrained_backbone_is_cached(tmp_path, monkeypatch):
     assert first.info["crops"] == 12 + first.info["background_crops"]
     assert 0.0 <= first.info["val_accuracy"] <= 1.0
     assert second.info["cache_file"] == first.info["cache_file"]
+    assert first.info["from_cache"] is False
+    assert second.info["from_cache"] is True
     assert "fc.weight" not in first.state_dict
     assert torch.equal(second.state_dict["conv1.weight"], first.state_dict["conv1.weight"])
 

@@ -7,13 +7,14 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import papermill
 import pytest
 
 from helpers import write_notebook
-from yolonb.runner.cli import main
+from yolonb.runner.cli import _run_summary, main
 from yolonb.runner.execute import execute_notebook
 from yolonb.runner.grids import GridError, load_grids, load_section, select_sections
 
@@ -242,3 +243,16 @@ def _read_csv(path: Path) -> list[dict]:
 
     with open(path, newline="", encoding="utf-8") as file:
         return list(csv.DictReader(file))
+
+
+def test_summary_names_backbone_pretraining(tmp_path):
+    pretraining = {"seconds": 74.3, "from_cache": False}
+    metrics = {"map_voc07": 0.22154, "backbone": {"init": "crops", "pretraining": pretraining}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    run = SimpleNamespace(run_dir=tmp_path, wall_time_s=139.4)
+
+    assert _run_summary(run) == "mAP 0.2215, 139 s (including 74 s of backbone pretraining, once per data set)"
+
+    pretraining["from_cache"] = True
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    assert _run_summary(run) == "mAP 0.2215, 139 s"

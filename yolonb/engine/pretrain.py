@@ -156,14 +156,16 @@ def pretrained_backbone(records: Sequence[ImageRecord], classes: Sequence[str], 
             class (a left arrow becomes a right one).
 
     Returns:
-        The state dict and its info: epochs, validation accuracy, seconds, crops, cache file.
+        The state dict and its info: epochs, validation accuracy, seconds, crops, cache file,
+        and `from_cache` (False when this call trained it).
     """
     path = Path(cache_dir) / f"crops-{cache_key(fingerprint, classes, epochs, flips)}.pt"
     if path.is_file():
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
             logger.info("backbone pretrained on object crops loaded from %s", path)
-            return PretrainedBackbone(saved["state_dict"], {**saved["info"], "cache_file": str(path)})
+            return PretrainedBackbone(saved["state_dict"], {**saved["info"], "cache_file": str(path),
+                                                            "from_cache": True})
         except (OSError, RuntimeError, KeyError, ValueError) as error:
             logger.warning("cached backbone %s is unreadable (%s); training it again", path, error)
 
@@ -171,7 +173,7 @@ def pretrained_backbone(records: Sequence[ImageRecord], classes: Sequence[str], 
     atomic_write(path, lambda file: torch.save({"state_dict": result.state_dict, "info": result.info}, file))
     logger.info("backbone pretrained on object crops in %.0f s (validation accuracy %.3f), cached at %s",
                 result.info["seconds"], result.info["val_accuracy"], path)
-    return PretrainedBackbone(result.state_dict, {**result.info, "cache_file": str(path)})
+    return PretrainedBackbone(result.state_dict, {**result.info, "cache_file": str(path), "from_cache": False})
 
 
 def _train(records: Sequence[ImageRecord], num_classes: int, epochs: int, device: torch.device,
