@@ -221,7 +221,10 @@ def random_case(seed: int):
             gts.append((f"im{image}", label, box, bool(rng.random() < 0.2)))
             for _ in range(int(rng.integers(0, 3))):
                 jitter = rng.normal(0, 2, size=4)
-                jittered = [box[0] + jitter[0], box[1] + jitter[1], box[2] + abs(jitter[2]) + 1, box[3] + abs(jitter[3]) + 1]
+                x_min, y_min = box[0] + jitter[0], box[1] + jitter[1]
+                # A large shift of the low corner must not invert the box.
+                jittered = [x_min, y_min, max(box[2] + abs(jitter[2]) + 1, x_min + 1),
+                            max(box[3] + abs(jitter[3]) + 1, y_min + 1)]
                 dets.append((f"im{image}", label, round(float(rng.random()), 1), jittered))
         for _ in range(3):
             x, y = rng.uniform(0, 80, size=2)
@@ -229,7 +232,7 @@ def random_case(seed: int):
     return dets, gts
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(seed=st.integers(0, 2**16), permutation_seed=st.integers(0, 2**16))
 def test_shuffled_input_same_ap(seed, permutation_seed):
     dets, gts = random_case(seed)
