@@ -7,18 +7,25 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+def grid_yaml(caption: str, rows: list[str]) -> str:
+    """Return the YAML of a reference-section grid with one table of `rows` (YAML flow mappings)."""
+    header = (
+        "section: reference\n"
+        'title: "Baseline and reference"\n'
+        "notebook: reference.ipynb\n"
+        'sources: {post: "lvsolo, Focal Loss及其改进, 2024-10-24"}\n'
+        "tables:\n"
+        "  - key: context\n"
+        f'    caption: "{caption}"\n'
+        "    rows:\n"
+    )
+    return header + "".join(f"      - {row}\n" for row in rows)
+
+
 # A grid of the reference section with the FPN row alone.
-ONE_ROW_GRID = """\
-section: reference
-title: "Baseline and reference"
-notebook: reference.ipynb
-sources: {post: "lvsolo, Focal Loss及其改进, 2024-10-24"}
-tables:
-  - key: context
-    caption: "The FPN reference"
-    rows:
-      - {key: fpn, label: "FPN/MultiHeadFPN", overrides: {neck: fpn}, published: 0.7149, source: post}
-"""
+ONE_ROW_GRID = grid_yaml("The FPN reference", [
+    '{key: fpn, label: "FPN/MultiHeadFPN", overrides: {neck: fpn}, published: 0.7149, source: post}',
+])
 
 
 def write_notebook(path: Path, *code_cells: str) -> Path:

@@ -21,6 +21,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from helpers import grid_yaml
 from yolonb import fileio
 from yolonb.runner.cli import main
 from yolonb.runner.lock import LOCK_NAME, OutputLock, OutputLockedError
@@ -41,18 +42,10 @@ for step in range(int(os.environ.get("STAND_IN_STEPS", config["epochs"]))):
 metrics = {"run_id": folder.name, "status": "finished", "map_voc07": 0.25, "map_area": 0.3, "wall_time_s": 1.0}
 write_text(folder / "metrics.json", json.dumps(metrics))"""
 
-TWO_ROW_GRID = """\
-section: reference
-title: "Baseline and reference"
-notebook: reference.ipynb
-sources: {post: "lvsolo, Focal Loss及其改进, 2024-10-24"}
-tables:
-  - key: context
-    caption: "Two runs"
-    rows:
-      - {key: short, label: "short", overrides: {neck: fpn, epochs: 1}, published: 0.7149, source: post}
-      - {key: long, label: "long", overrides: {neck: fpn, epochs: EPOCHS}}
-"""
+TWO_ROW_GRID = grid_yaml("Two runs", [
+    '{key: short, label: "short", overrides: {neck: fpn, epochs: 1}, published: 0.7149, source: post}',
+    '{key: long, label: "long", overrides: {neck: fpn, epochs: EPOCHS}}',
+])
 
 
 def _stand_in_notebooks(folder: Path) -> Path:
@@ -88,11 +81,11 @@ def _run_all_command(out: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
+def _wait_for(condition, timeout: float, description: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {description}")
         time.sleep(0.1)
 
 
@@ -325,7 +318,7 @@ def test_unwritable_out_stops_before_planning(tmp_path, capsys):
 def test_locked_out_stops_before_planning(tmp_path, capsys):
     with OutputLock(tmp_path):
         assert main(["--out", str(tmp_path), "--profile", "smoke"], resolve=_unreachable_resolve) == 2
-    assert "another run_all.py is writing to" in capsys.readouterr().err
+    assert "is locked: pid" in capsys.readouterr().err
 
 
 def test_wait_lock_option_waits(tmp_path, capsys):

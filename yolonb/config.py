@@ -466,9 +466,9 @@ def apply_overrides(config: RunConfig, assignments: Iterable[str]) -> RunConfig:
 # 192 pixels learned faster than 128 (mAP 0.15 after 80 s at 192 pixels against 0.11
 # at 128). From scratch the class loss stays near that of predicting the class
 # frequencies alone (mAP 0.12). So the backbone is first pretrained on object crops,
-# once per data set, then trained at a fifth of the learning rate: mAP 0.22 with 4
-# pretraining epochs (74 s once), 0.30 with 8 (175 s), which would push the default
-# grid past 30 minutes.
+# once per data set, then trained at a fifth of the learning rate. That gives mAP 0.22
+# with 4 pretraining epochs (74 s once) and 0.30 with 8 (175 s). 8 epochs would push
+# the default grid past 30 minutes.
 # NOTE: the reference run stays below the mAP 0.5 this profile aims at; the rare classes
 # (arrow, star, cross) have the lowest AP.
 _QUICK = RunConfig()

@@ -93,8 +93,8 @@ def parse_devices(text: str | None, jobs: int, default_device: str | None = None
         default_device: the --device option, used to choose the default devices.
 
     Returns:
-        None when jobs is 1 and no devices are given (each run keeps its configured
-        device); otherwise one device name per slot, at least `jobs` of them. Without
+        None when jobs is 1 and no devices are given, so each run keeps its configured
+        device. Otherwise one device name per slot, at least `jobs` of them. Without
         --devices the default is cuda:0..jobs-1 when CUDA has that many GPUs and
         --device does not ask for the CPU, else "cpu" once per job.
 
@@ -216,7 +216,7 @@ def execute_dask(runs: Iterable[PlannedRun], scheduler: str, results: str = "sha
     """Submit every run to the Dask cluster at `scheduler` and yield each run as its future completes.
 
     With results="shared" the workers write into the run folders themselves, so --out
-    must be a folder that every worker sees at the same path. With results="transfer"
+    must be a folder that every worker can read and write at the same path. With results="transfer"
     each worker trains in a scratch folder and returns the run folder (without
     checkpoints/) as a tar archive, which this process unpacks into --out.
 
@@ -239,7 +239,7 @@ def execute_dask(runs: Iterable[PlannedRun], scheduler: str, results: str = "sha
             task = WorkerTask(run=run, notebook_text=run.notebook.read_text(encoding="utf-8"),
                               kernel_name=kernel_name, force=force, transfer=results == "transfer",
                               cache_dir=cache_dir)
-            # pure=False: a run is never answered from the scheduler's memory of an earlier call.
+            # pure=False, so the scheduler never returns a stored result of an earlier call for a run.
             future = client.submit(run_on_worker, task, key=f"yolonb-run-{run.run_id}", pure=False)
             futures[future] = run
 
@@ -324,8 +324,8 @@ def run_on_worker(task: WorkerTask) -> dict[str, Any]:
 
     The notebook comes with the task, so a worker needs yolonb installed but not a
     checkout at the client's path. The kernel inherits YOLONB_CACHE from the client
-    unless the worker sets its own, so the embedded data set is generated at most once
-    per cache folder.
+    unless the worker sets its own, so workers that share a cache folder reuse the
+    embedded data set generated there.
     """
     if task.cache_dir is not None:
         os.environ.setdefault("YOLONB_CACHE", task.cache_dir)

@@ -110,7 +110,7 @@ class OutputLock:
             if not wait:
                 os.close(fd)
                 raise OutputLockedError(
-                    f"another run_all.py is writing to {self.out_dir}: {describe_holder(holder)} holds the lock "
+                    f"output folder {self.out_dir} is locked: {describe_holder(holder)} has the lock "
                     f"file {self.path}. Wait for it to finish or stop it (kill {holder.get('pid') if holder else 'PID'}), "
                     f"pass --wait-lock to start as soon as it ends, or choose another --out to run both at once",
                     self.path, holder,
