@@ -194,7 +194,8 @@ def test_run_id_ignores_data_path():
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"lr": 2e-3},
+        {"lr": 3e-3},
+        {"frozen_stages": 0},
         {"alpha": 0.5},
         {"neck": "bifpn"},
         {"cls_loss": "focal"},
@@ -223,7 +224,8 @@ def test_quick_profile_is_default():
     assert quick == RunConfig()
     assert quick.data_root is None
     assert quick.optimizer == "adamw"
-    assert quick.lr == 1e-3
+    assert quick.lr == 2e-3
+    assert quick.frozen_stages == 2
     assert quick.weight_decay == 0.05
     assert quick.lr_schedule == "cosine"
     assert quick.warmup_epochs > 0

@@ -77,6 +77,32 @@ def test_backbone_rejects_other_shapes():
         backbone.load_torchvision_weights(state)
 
 
+def test_frozen_stages_keep_weights_and_statistics():
+    torch.manual_seed(0)
+    backbone = ResNet18Backbone(pretrained=False)
+    backbone.freeze(2)
+    stem_weight = backbone.stem[0].weight.clone()
+    layer1_mean = backbone.layer1[0].bn1.running_mean.clone()
+    layer2_mean = backbone.layer2[0].bn1.running_mean.clone()
+    optimizer = torch.optim.SGD([p for p in backbone.parameters() if p.requires_grad], lr=0.1)
+
+    backbone.train()
+    sum(level.mean() for level in backbone(torch.randn(2, 3, 64, 64))).backward()
+    optimizer.step()
+
+    assert torch.equal(backbone.stem[0].weight, stem_weight)
+    assert backbone.stem[0].weight.grad is None
+    assert torch.equal(backbone.layer1[0].bn1.running_mean, layer1_mean)
+    assert not backbone.layer1.training and backbone.layer2.training
+    assert not torch.equal(backbone.layer2[0].bn1.running_mean, layer2_mean)
+    assert backbone.layer2[0].conv1.weight.grad is not None
+
+
+def test_freeze_rejects_stage_count():
+    with pytest.raises(ValueError, match="frozen_stages=6 is invalid: use 0"):
+        ResNet18Backbone(pretrained=False).freeze(6)
+
+
 def test_pretrained_backbone_is_cached(tmp_path, monkeypatch):
     records = [make_record(tmp_path, f"i{index}", (8 * index, 10, 8 * index + 30, 40), label=index % 2)
                for index in range(4)]
@@ -134,5 +160,5 @@ def test_scratch_run_records_its_backbone(tmp_path, monkeypatch):
 
     metrics = run_experiment(config, tmp_path / "run", progress=False)
 
-    assert metrics["backbone"] == {"init": "scratch", "pretraining": None}
+    assert metrics["backbone"] == {"init": "scratch", "pretraining": None, "frozen_stages": 0}
     assert not (tmp_path / "cache" / "backbones").exists()

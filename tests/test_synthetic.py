@@ -9,6 +9,7 @@ from PIL import Image
 
 from yolonb.data import synthetic
 from yolonb.data.synthetic import (
+    DEFAULT_CLASS_WEIGHTS,
     SYNTHETIC_CLASSES,
     SyntheticConfig,
     SyntheticObject,
@@ -163,10 +164,13 @@ def test_class_frequencies_long_tailed(medium_set):
     assert max(counts, key=counts.get) == "disc"
     ranked = sorted(counts, key=counts.get)
     assert "arrow" in ranked[:2]
-    # The weights 1.0 and 0.1 give a ratio of 10, and this sample of about 650 objects keeps it within a factor 2.
-    assert 5 <= counts["disc"] / counts["arrow"] <= 20
-    # disc, square, triangle, ring, cross have weights 1.0, 0.68, 0.46, 0.32, 0.22.
-    assert counts["disc"] > counts["square"] > counts["triangle"] > counts["ring"] > counts["cross"]
+    # The weights 1.0 and 0.25 give a ratio of 4, and this sample of about 650 objects keeps it within a factor 2.
+    assert 2 <= counts["disc"] / counts["arrow"] <= 8
+    # Neighbouring weights (0.6 and 0.5) are too close to keep their order in a sample this
+    # size, so each class's share is checked against its weight's share instead.
+    total, weight_total = sum(counts.values()), sum(DEFAULT_CLASS_WEIGHTS.values())
+    for name, weight in DEFAULT_CLASS_WEIGHTS.items():
+        assert counts[name] / total == pytest.approx(weight / weight_total, rel=0.35), name
 
 
 def test_manifest_counts_match_annotations(medium_set):

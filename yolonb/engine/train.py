@@ -541,6 +541,8 @@ def _run_experiment(config: RunConfig, out_dir: Path, progress: bool, force: boo
         bifpn_repeats=config.bifpn_repeats,
     )
     backbone = prepare_backbone(model, config, data, runtime, progress)
+    model.backbone.freeze(config.frozen_stages)
+    backbone["frozen_stages"] = config.frozen_stages
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = build_optimizer(model, config)
     steps_per_epoch = len(make_train_loader(data.train.records, config, runtime, config.seed, group))

@@ -76,18 +76,26 @@ def show_notice(data: ReportData) -> None:
 
 
 def backbone_text(backbone: dict | None) -> str:
-    """Describe how the runs' ResNet-18 started: ImageNet weights, crop pretraining or from scratch."""
+    """Describe how the runs' ResNet-18 started (ImageNet weights, crop pretraining or from scratch) and what stayed fixed."""
     init = (backbone or {}).get("init")
     if init == "imagenet":
-        return "ResNet-18 with torchvision's ImageNet weights, as in the published recipe"
-    if init == "crops":
+        text = "ResNet-18 with torchvision's ImageNet weights, as in the published recipe"
+    elif init == "crops":
         info = backbone.get("pretraining") or {}
         crops, background = info.get("crops") or 0, info.get("background_crops") or 0
-        return (f"ResNet-18 pretrained to classify {crops - background} object crops and {background} background "
+        text = (f"ResNet-18 pretrained to classify {crops - background} object crops and {background} background "
                 f"crops of the training split ({info.get('epochs')} epochs, {info.get('seconds')} s once per data "
                 f"set, held-out crop accuracy {info.get('val_accuracy')}), in place of the published recipe's "
                 "ImageNet weights")
-    return "ResNet-18 trained from scratch (no ImageNet weights)"
+    else:
+        text = "ResNet-18 trained from scratch (no ImageNet weights)"
+
+    frozen = (backbone or {}).get("frozen_stages") or 0
+    if frozen:
+        stages = ("the stem", "layer1", "layer2", "layer3", "layer4")[:frozen]
+        listed = stages[0] if frozen == 1 else ", ".join(stages[:-1]) + " and " + stages[-1]
+        text += f"; {listed} kept fixed during detection training"
+    return text
 
 
 def _is_voc(data: ReportData) -> bool:
