@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from yolonb.report.html import local_references, notebook_to_html
-from yolonb.report.tables import load_report_data, section_table, table_html
+from yolonb.report.tables import load_report_data, provenance_frame, section_table, table_html
 from yolonb.runner.grids import load_grids
 from yolonb.runner.plan import PlannedRun, plan_runs
 from yolonb.runner.results import collect_results, write_plan
@@ -110,6 +111,22 @@ def test_section_table_numbers(tmp_path):
     assert f"{expected - 0.7121:+.4f}" in html
     run_id = results.loc["focal/fpn_alpha_0.25", "run_id"]
     assert f'href="runs/{run_id}/run.html"' in html
+
+
+def test_runs_table_names_pretraining(tmp_path):
+    out = _fake_reports(tmp_path, sections=["dfl"])
+    data = load_report_data(out)
+    payer, loader = data.results["run_id"].iloc[0], data.results["run_id"].iloc[-1]
+    for run_id, from_cache in ((payer, False), (loader, True)):
+        path = out / "runs" / run_id / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["backbone"] = {"init": "crops", "pretraining": {"seconds": 156.2, "from_cache": from_cache}}
+        path.write_text(json.dumps(metrics))
+
+    frame = provenance_frame(load_report_data(out)).set_index("run_id")
+
+    assert frame.loc[payer, "of which backbone pretraining (s)"] == pytest.approx(156.2)
+    assert math.isnan(frame.loc[loader, "of which backbone pretraining (s)"])
 
 
 def test_seeds_show_spread(tmp_path):

@@ -329,6 +329,9 @@ def _dfl_panel(axes, distribution_focal_loss, reg_max: int = 8, target_value: fl
     (line,) = twin.plot(4 - weights.numpy(), loss.numpy(), color="tab:red", label="DFL, mass w on bin 3")
     twin.set_ylabel("DFL (nats)")
     twin.tick_params(axis="y", colors="tab:red")
+    # Headroom above both the bars and the curve keeps the legend clear of them.
+    axes.set_ylim(0, 1.0)
+    twin.set_ylim(0, float(loss.max()) * 1.45)
     axes.set_title("distribution focal loss, two bins")
     axes.legend([bars, line], [bars.get_label(), line.get_label()], fontsize="small", loc="upper right")
 
