@@ -12,9 +12,13 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 RUN_CODE = """\
+import logging
+
 from yolonb.config import RunConfig, get_profile
 from yolonb.engine import run_experiment
 
+# The run's messages (data, device, mAP) go to stderr, which run_all.py keeps in run.log.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 run_config = RunConfig.from_dict(config) if config is not None else get_profile(profile, **overrides)
 metrics = run_experiment(run_config, out_dir, progress=progress)"""
 

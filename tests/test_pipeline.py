@@ -46,6 +46,8 @@ def test_pipeline_one_run(tmp_path):
     assert numbers[1] == "0.7149"
     assert 'src="data:image/png;base64,' in html
     assert "Section focal was not run" in html
+    (log,) = (out / "runs").glob("*/run.log")
+    assert "finished: mAP(VOC07)" in log.read_text(encoding="utf-8")
 
 
 def _one_row_per_table(source: Path, target: Path) -> list[str]:
