@@ -233,6 +233,16 @@ def test_finished_run_is_not_trained_again(monkeypatch, reference_run):
     assert run_experiment(SMOKE, out, progress=False) == metrics
 
 
+def test_finished_run_logs_stored_map(caplog, reference_run):
+    out, metrics = reference_run
+
+    with caplog.at_level("INFO", logger="yolonb.engine.train"):
+        run_experiment(SMOKE, out, progress=False)
+
+    assert f"already finished in {out}: mAP {metrics['map_voc07']:.4f}" in caplog.text
+    assert "nan" not in caplog.text
+
+
 def test_non_finite_loss_names_epoch_and_step(tmp_path, monkeypatch):
     real_loss = engine_train.detection_loss
     calls = {"count": 0}

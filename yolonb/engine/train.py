@@ -513,7 +513,10 @@ def _run_experiment(config: RunConfig, out_dir: Path, progress: bool, force: boo
     if not force:
         finished = _read_finished(metrics_path, run_id)
         if finished is not None:
-            logger.info("run %s already finished in %s: mAP %.4f", run_id, out_dir, finished["map_voc07"] or float("nan"))
+            # A test split without scorable objects stores mAP as null, which this shows as nan.
+            stored = finished["map_voc07"]
+            logger.info("run %s already finished in %s: mAP %.4f", run_id, out_dir,
+                        float("nan") if stored is None else stored)
             return finished
     out_dir.mkdir(parents=True, exist_ok=True)
     logger.info(

@@ -255,14 +255,16 @@ def simple_table_html(frame: pd.DataFrame, caption: str = "", digits: int = 4) -
 def provenance_frame(data: ReportData) -> pd.DataFrame:
     """One row per run: id, row, seed, status, device, wall time in seconds, its backbone pretraining, throughput.
 
-    The pretraining column is filled only for the run that trained the shared backbone,
-    because its wall time includes that one-off cost.
+    The pretraining column gives the seconds for the run that trained the shared backbone,
+    0 for runs that loaded it from the cache, and a dash for runs without crop pretraining.
     """
     records = []
     for record in data.results.to_dict("records"):
         metrics = data.metrics.get(record["run_id"], {})
         pretraining = (metrics.get("backbone") or {}).get("pretraining") or {}
-        paid = pretraining.get("seconds") if pretraining.get("from_cache") is False else None
+        paid = None
+        if pretraining:
+            paid = 0.0 if pretraining.get("from_cache") else pretraining.get("seconds")
         records.append({
             "run_id": record["run_id"], "row": record["row"], "seed": record["seed"], "status": record["status"],
             "device": metrics.get("device"), "wall time (s)": _finite(record.get("wall_time_s")),
