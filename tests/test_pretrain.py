@@ -93,9 +93,22 @@ def test_frozen_stages_keep_weights_and_statistics():
     assert torch.equal(backbone.stem[0].weight, stem_weight)
     assert backbone.stem[0].weight.grad is None
     assert torch.equal(backbone.layer1[0].bn1.running_mean, layer1_mean)
-    assert not backbone.layer1.training and backbone.layer2.training
+    assert not backbone.layer1.training
+    assert backbone.layer2.training
     assert not torch.equal(backbone.layer2[0].bn1.running_mean, layer2_mean)
     assert backbone.layer2[0].conv1.weight.grad is not None
+
+
+def test_smaller_freeze_trains_again():
+    backbone = ResNet18Backbone(pretrained=False)
+    backbone.freeze(3)
+
+    backbone.freeze(1)
+
+    assert not backbone.stem[0].weight.requires_grad
+    assert backbone.layer1[0].conv1.weight.requires_grad
+    assert backbone.layer2[0].conv1.weight.requires_grad
+    assert backbone.layer1.training
 
 
 def test_freeze_rejects_stage_count():

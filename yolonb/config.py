@@ -82,8 +82,8 @@ class RunConfig:
     crop_pretrain_epochs: int = 8
     # The backbone's learning rate is lr times this; set 1.0 for a backbone from scratch.
     backbone_lr_factor: float = 0.2
-    # Leading backbone stages whose weights and BatchNorm statistics stay fixed: 0 trains
-    # all, 1 the stem, 2 the stem and layer1 (Detectron2's default), up to 5.
+    # Leading backbone stages kept fixed, weights and BatchNorm statistics: 0 none, 1 the
+    # stem, 2 the stem and layer1 (as Detectron2's Mask R-CNN R50-FPN), up to 5 (all).
     frozen_stages: int = 2
 
     # Loss, passed on as yolonb.losses.detection.LossSpec.
@@ -474,7 +474,7 @@ def apply_overrides(config: RunConfig, assignments: Iterable[str]) -> RunConfig:
 # layer1 fixed. Measured on the embedded data with a 10-to-1 class tail, one run each:
 # 4 pretraining epochs gave mAP 0.22 and 8 epochs 0.30. 8 epochs with lr 2e-3 and the
 # two stages fixed gave 0.33 in 49 s of training instead of 61 s. 16 epochs of smaller
-# crops gave no more. Fixing layer2 as well saved no time. Batch 8 scored 0.02 higher
+# crops gave no more. Fixing layer2 as well saved no measurable time. Batch 8 scored 0.02 higher
 # than 16 but trained 20% slower, and lr 3e-3 scored lower than 2e-3.
 # NOTE: the reference run stays below the mAP 0.5 this profile aims at (0.41 on this
 # 4-to-1 tail). Doubling the epochs added 0.13 at 4 pretraining epochs, but would

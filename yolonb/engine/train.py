@@ -513,7 +513,7 @@ def _run_experiment(config: RunConfig, out_dir: Path, progress: bool, force: boo
     if not force:
         finished = _read_finished(metrics_path, run_id)
         if finished is not None:
-            # A test split without scorable objects stores mAP as null, which this shows as nan.
+            # An mAP that could not be computed is stored as null and shown as nan.
             stored = finished["map_voc07"]
             logger.info("run %s already finished in %s: mAP %.4f", run_id, out_dir,
                         float("nan") if stored is None else stored)

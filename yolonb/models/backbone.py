@@ -106,7 +106,7 @@ class ResNet18Backbone(nn.Module):
 
     out_channels = (128, 256, 512)
     strides = (8, 16, 32)
-    # Stages in forward order; `freeze(n)` fixes the first n of them.
+    # Stages in forward order: `freeze(n)` fixes the first n of them.
     stage_names = ("stem", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, pretrained: bool | None = None) -> None:
@@ -127,10 +127,11 @@ class ResNet18Backbone(nn.Module):
     def freeze(self, stages: int) -> None:
         """Fix the weights and BatchNorm statistics of the first `stages` stages (0 to 5, stem first).
 
-        Detectron2 (FREEZE_AT=2) and MMDetection (frozen_stages=1) freeze the stem and the
-        first residual stage of a pretrained ResNet by default: those layers hold generic
-        edge and texture filters, and skipping their backward pass saves a third of the
-        backbone's backward FLOPs at these strides.
+        The stages after them train again, so a later call with a smaller count unfreezes.
+        Detectron2's Mask R-CNN R50-FPN configuration freezes the stem and the first
+        residual stage of its pretrained ResNet (freeze_at = 2). For ResNet-18 at 160
+        pixels those two stages are about a third of the backbone's forward FLOPs, and
+        their backward pass is skipped.
 
         Raises:
             ValueError: `stages` is outside 0 to 5.
@@ -138,9 +139,10 @@ class ResNet18Backbone(nn.Module):
         if not 0 <= stages <= len(self.stage_names):
             raise ValueError(f"frozen_stages={stages} is invalid: use 0 (train all) to {len(self.stage_names)} "
                              f"(freeze {', '.join(self.stage_names)})")
+
         self.frozen_stages = stages
-        for name in self.stage_names[:stages]:
-            getattr(self, name).requires_grad_(False)
+        for index, name in enumerate(self.stage_names):
+            getattr(self, name).requires_grad_(index >= stages)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> ResNet18Backbone:

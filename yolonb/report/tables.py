@@ -253,7 +253,7 @@ def simple_table_html(frame: pd.DataFrame, caption: str = "", digits: int = 4) -
 
 
 def provenance_frame(data: ReportData) -> pd.DataFrame:
-    """One row per run: id, row, seed, status, device, wall time in seconds, its backbone pretraining, throughput.
+    """Build the Runs table: id, row, seed, status, device, wall time, backbone pretraining and throughput.
 
     The pretraining column gives the seconds for the run that trained the shared backbone,
     0 for runs that loaded it from the cache, and a dash for runs without crop pretraining.
