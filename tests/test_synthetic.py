@@ -192,7 +192,7 @@ def test_object_sizes_span_strides(medium_set):
 
     assert sides.min() <= 12
     assert sides.max() >= 70
-    # Shares of the sizes that the stride 8, 16 and 32 levels take at a 160-pixel input.
+    # Shares of the sizes that the stride 8, 16 and 32 levels take (in image pixels).
     assert (sides < 20).mean() >= 0.15
     assert ((sides >= 20) & (sides < 45)).mean() >= 0.15
     assert (sides >= 45).mean() >= 0.15

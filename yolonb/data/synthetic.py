@@ -2,7 +2,7 @@
 
 The generator draws 7 classes of shapes with a long-tailed frequency: the rarest class is
 a quarter as frequent as the most frequent one. Shapes span about 8 to 110 pixels on
-images of 160 to 256 pixels, so a detector resized to 128 to 160 pixels needs its stride 8,
+images of 128 to 192 pixels, so a detector resized to 160 to 224 pixels needs its stride 8,
 16 and 32 levels. Images carry 1 to 8 objects on textured backgrounds (gradients, stripes,
 smooth blotches, pixel noise) with clutter. Unlabelled look-alike distractors resemble the
 classes (an ellipse beside discs, a pentagon beside stars, a T beside crosses), and shapes
