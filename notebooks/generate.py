@@ -162,7 +162,8 @@ modified rows add $-(1 - \alpha)\,p_i^{\gamma}\log(1 - p_i)$ for the other class
 
 $\mathrm{FL}(p_t) + s\,(1 - p_t)^{\gamma + k}$ (Leng et al., ICLR 2022, Poly-1 with the
 exponent generalised), $s \in \{1, -1\}$, $k \in \{1, 2, 3\}$."""),
-    ("code", 'show_section(report, "poly_focal")'),
+    ("code", 'from yolonb.report import show_poly_minima\n\nshow_section(report, "poly_focal")\n'
+             'show_poly_minima(report)'),
     ("md", r"""## 2.3 Varifocal loss
 
 IoU-aware class targets $q$ for positives and $-\alpha\,p^{\gamma}\log(1 - p)$ for

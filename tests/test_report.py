@@ -14,8 +14,12 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from yolonb.config import get_profile
+from yolonb.report.display import training_text
 from yolonb.report.html import local_references, notebook_to_html
-from yolonb.report.tables import load_report_data, provenance_frame, section_table, table_html
+from yolonb.report.published import PUBLISHED_TRAINING
+from yolonb.report.tables import (load_report_data, poly_loss_minimum, poly_minimum_frame, provenance_frame,
+                                  section_table, table_html)
 from yolonb.runner.grids import load_grids
 from yolonb.runner.plan import PlannedRun, plan_runs
 from yolonb.runner.results import collect_results, write_plan
@@ -241,3 +245,50 @@ def test_report_html_self_contained(tmp_path):
     order = [html.index(title) for title in ("Baseline and reference", "2.1 Focal loss", "2.2 Poly focal loss",
                                              "2.3 Varifocal loss", "Distribution focal loss (DFL)", "Provenance")]
     assert order == sorted(order)
+
+
+def test_training_text_names_the_schedule():
+    config = {"input_size": 224, "epochs": 4, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3,
+              "multiscale_sizes": []}
+
+    assert training_text(config) == "224 pixels, 4 epochs, batch 16, AdamW at lr 0.002"
+    assert training_text(None) == "unknown"
+
+
+def test_published_training_matches_voc_profile():
+    # The report's "published" schedule and the profile that reproduces it must not drift apart.
+    assert training_text(get_profile("voc").to_dict()) == PUBLISHED_TRAINING
+
+
+def test_poly_minimum_negative_scale():
+    # By hand, -0.25 (1 - p)^2 ln p - (1 - p)^3 is lowest near p = 0.1355, where it is
+    # 0.373455 - 0.646093 = -0.272638.
+    p_min, loss_min, p_turn = poly_loss_minimum(0.25, 2.0, -1.0, 1.0)
+
+    assert p_min == pytest.approx(0.1355, abs=0.001)
+    assert loss_min == pytest.approx(-0.272638, abs=1e-4)
+    assert p_turn == 1.0
+
+
+def test_poly_minimum_turns_below_one():
+    # With poly_pow 2 the loss peaks near p = 0.778 and falls again towards 0 at p = 1.
+    p_min, _, p_turn = poly_loss_minimum(0.25, 2.0, -1.0, 2.0)
+
+    assert p_min == pytest.approx(0.1075, abs=0.001)
+    assert p_turn == pytest.approx(0.778, abs=0.002)
+
+
+def test_poly_minimum_at_one():
+    assert poly_loss_minimum(0.25, 2.0, 1.0, 1.0)[0] == 1.0
+    assert poly_loss_minimum(0.25, 2.0, -1.0, 1.0, alpha_on_poly=True)[0] == 1.0
+
+
+def test_poly_minimum_frame_rows(tmp_path):
+    out = _fake_reports(tmp_path, sections=["poly_focal"])
+    frame = poly_minimum_frame(load_report_data(out)).set_index("label")
+
+    assert len(frame) == 6
+    negative = frame.loc["MultiHeadFPN poly focal poly_scale=-1 poly_pow=3"]
+    assert negative["p_t_min"] == pytest.approx(0.0885, abs=0.001)
+    assert negative["p_t_min_alpha_on_poly"] == 1.0
+    assert frame.loc["MultiHeadFPN poly focal poly_scale=1 poly_pow=3", "p_t_min"] == 1.0

@@ -334,7 +334,9 @@ def poly_focal_loss(
     Here the exponent is generalised to gamma + poly_pow, as in the blog post's grid, and
     the focal part is the softmax form of ``focal_loss``. The poly term carries no alpha.
     A negative poly_scale lowers the weight of the leading polynomial term, and the loss
-    of a sample can then be negative.
+    of a sample can then be negative. With alpha 0.25, gamma 2 and poly_scale -1 the loss
+    of a sample is lowest near p_t = 0.1, not at 1, so training lowers the true class's
+    probability (`yolonb.report.tables.poly_loss_minimum` finds the minimum).
 
     Args:
         logits: (N, C) class logits.

@@ -11,9 +11,9 @@ import pandas as pd
 from IPython.display import HTML, display
 
 from . import figures
-from .published import PIPELINE_CITATION, POST_CITATION, PUBLISHED_TEST_SET, REFERENCE_ROW
-from .tables import (ReportData, class_ap_frame, escape_text, provenance_frame, section_table, simple_table_html,
-                     table_html)
+from .published import PIPELINE_CITATION, POST_CITATION, PUBLISHED_TEST_SET, PUBLISHED_TRAINING, REFERENCE_ROW
+from .tables import (ReportData, class_ap_frame, escape_text, poly_minimum_frame, provenance_frame, section_table,
+                     simple_table_html, table_html)
 
 _STYLE = """<style>
 .yolonb-table { border-collapse: collapse; margin: 0.6em 0 1.2em 0; font-size: 0.92em; }
@@ -62,8 +62,9 @@ def show_notice(data: ReportData) -> None:
     name = escape_text(data_info.get("name", "unknown"))
     text = (f"<p>Data set: <strong>{name}</strong> ({data_info.get('n_train_images')} training and "
             f"{data_info.get('n_test_images')} test images), profile <strong>"
-            f"{escape_text(data.plan.get('profile'))}</strong>, {len(data.results)} runs. Backbone: "
-            f"{escape_text(backbone_text(finished[0].get('backbone')))}.</p>")
+            f"{escape_text(data.plan.get('profile'))}</strong>, {len(data.results)} runs. Training: "
+            f"{escape_text(training_text(finished[0].get('config')))} (published: {PUBLISHED_TRAINING}). "
+            f"Backbone: {escape_text(backbone_text(finished[0].get('backbone')))}.</p>")
     if data.seeds == 1:
         text += ("<p>Each configuration was trained once (one seed), so differences of a few hundredths "
                  "of mAP between rows may be noise; <code>run_all.py --seeds 3</code> shows the spread.</p>")
@@ -73,6 +74,28 @@ def show_notice(data: ReportData) -> None:
                  f"shown for orientation only. Compare rows against the reference row of the same report "
                  f"instead (the \"vs reference\" column).</p>")
     display(HTML(text))
+
+
+_OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
+
+
+def training_text(config: dict | None) -> str:
+    """Describe a run's schedule: input size, epochs, batch size, optimizer and learning rate.
+
+    The runs of one report share these settings because the grids vary only losses and
+    necks, so the first finished run's configuration describes all of them.
+    """
+    keys = ("input_size", "epochs", "batch_size", "optimizer", "lr")
+    if not config or any(config.get(key) is None for key in keys):
+        return "unknown"
+
+    optimizer = config["optimizer"]
+    text = (f"{config['input_size']} pixels, {config['epochs']} epochs, batch {config['batch_size']}, "
+            f"{_OPTIMIZER_NAMES.get(optimizer, optimizer)} at lr {float(config['lr']):g}")
+    sizes = config.get("multiscale_sizes") or []
+    if sizes:
+        text += f", multi-scale {min(sizes)} to {max(sizes)} pixels"
+    return text
 
 
 def backbone_text(backbone: dict | None) -> str:
@@ -131,6 +154,46 @@ def show_section(data: ReportData, section_key: str) -> None:
                               for item in companion])
         display(HTML(simple_table_html(frame, caption=f"Further published numbers ({PIPELINE_CITATION}), "
                                                       f"not run here")))
+
+
+def show_poly_minima(data: ReportData) -> None:
+    """Show where the loss of one positive is lowest for each poly focal row, and what that means for training."""
+    frame = poly_minimum_frame(data)
+    if frame.empty:
+        return
+
+    classes = ((data.finished_metrics() or [{}])[0].get("data") or {}).get("classes") or []
+    low = frame[frame["p_t_min"] < 0.999]
+    text = ("<p>Why a negative poly_scale can undo the class head: the table gives where the loss of one "
+            "positive is lowest, as a function of the true class's probability p<sub>t</sub>, computed with "
+            "<code>poly_focal_loss</code> on 2,000 values of p<sub>t</sub>.")
+    if not low.empty:
+        lowest = ", ".join(f"{value:.3f}" for value in low["p_t_min"])
+        text += (f" For {len(low)} of the {len(frame)} rows it is lowest at p<sub>t</sub> = {lowest}, not 1. "
+                 "From there up to the p<sub>t</sub> of the column \"loss rises up to\", the loss grows with "
+                 "p<sub>t</sub>, so gradient descent lowers the true class's probability of a positive instead "
+                 "of raising it")
+        if classes and (low["p_t_min"] < 1.0 / len(classes)).any():
+            text += f", down to below the {1.0 / len(classes):.3f} of a uniform guess over {len(classes)} classes"
+        text += "."
+        if (frame["p_t_min_alpha_on_poly"] >= 0.999).all():
+            text += (" Multiplying the poly term by alpha as well would put every row's minimum at "
+                     "p<sub>t</sub> = 1.")
+    text += "</p>"
+
+    table = pd.DataFrame({
+        "configuration": frame["label"],
+        "alpha": [f"{value:g}" for value in frame["alpha"]],
+        "poly_scale": [f"{value:g}" for value in frame["poly_scale"]],
+        "poly_pow": [f"{value:g}" for value in frame["poly_pow"]],
+        "p_t at the minimum": [f"{value:.3f}" for value in frame["p_t_min"]],
+        "loss there": [f"{value:.3f}" for value in frame["loss_min"]],
+        "loss rises up to": [f"{turn:.3f}" if low < 0.999 else "–" for low, turn in zip(frame["p_t_min"],
+                                                                                       frame["p_t_turn"])],
+        "p_t at the minimum, alpha on the poly term too": [f"{value:.3f}" for value in frame["p_t_min_alpha_on_poly"]],
+        "mAP, this run": frame["map"],
+    })
+    display(HTML(_STYLE + text + simple_table_html(table, caption="Minimum of the poly focal loss of a positive")))
 
 
 def show_loss_shapes() -> None:
@@ -251,7 +314,8 @@ def show_provenance(data: ReportData) -> None:
         ("test images / objects", f"{data_info.get('n_test_images')} / {data_info.get('n_test_objects')}"),
         ("classes", ", ".join(str(c) for c in data_info.get("classes") or [])),
         ("is Pascal VOC", "yes" if data_info.get("is_voc") else "no"), ("profile", data.plan.get("profile")),
-        ("seeds", data.seeds), ("device", first.get("device")), ("backbone", backbone_text(first.get("backbone"))),
+        ("seeds", data.seeds), ("device", first.get("device")), ("training", training_text(first.get("config"))),
+        ("backbone", backbone_text(first.get("backbone"))),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
         ("git commit", first.get("git_commit")), ("published numbers", POST_CITATION),
     ]

@@ -286,3 +286,62 @@ def class_ap_frame(data: ReportData) -> pd.DataFrame:
         rows[label] = {name: (math.nan if ap is None else float(ap))
                        for name, ap in (metrics.get("per_class_ap") or {}).items()}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# The grid of true-class probabilities on which the poly focal loss is minimised.
+_POLY_GRID_POINTS = 2000
+
+
+def poly_loss_minimum(alpha: float, gamma: float, poly_scale: float, poly_pow: float,
+                      alpha_on_poly: bool = False) -> tuple[float, float, float]:
+    """Find where the poly focal loss of one positive is lowest, for p_t on a grid in (0, 1].
+
+    The loss depends on the logits only through the true class's probability p_t, so two
+    classes with logits (log p_t, log(1 - p_t)) cover every case. `alpha_on_poly`
+    multiplies the poly term by alpha as well, which is the same as minimising with alpha 1.
+
+    Returns:
+        (p_t at the minimum, the loss there, the p_t of the highest loss above the minimum).
+        Between the first and the last, the loss grows with p_t, so gradient descent lowers
+        the true class's probability. All three are 1 for a loss that is lowest at p_t = 1.
+    """
+    import torch
+
+    from yolonb.losses.focal import poly_focal_loss
+
+    p_t = torch.linspace(1.0 / _POLY_GRID_POINTS, 1.0, _POLY_GRID_POINTS, dtype=torch.float64)
+    logits = torch.stack([p_t.log(), (1.0 - p_t).clamp_min(1e-12).log()], dim=1)
+    target = torch.zeros(len(p_t), dtype=torch.int64)
+    losses = poly_focal_loss(logits, target, alpha=1.0 if alpha_on_poly else alpha, gamma=gamma,
+                             poly_scale=poly_scale, poly_pow=poly_pow, reduction="none")
+    if alpha_on_poly:
+        losses = alpha * losses
+
+    best = int(torch.argmin(losses))
+    turn = best + int(torch.argmax(losses[best:]))
+    return float(p_t[best]), float(losses[best]), float(p_t[turn])
+
+
+def poly_minimum_frame(data: ReportData, section_key: str = "poly_focal") -> pd.DataFrame:
+    """Tabulate, per poly focal row of the section, where its loss is lowest with and without alpha on the poly term.
+
+    Columns: label, alpha, poly_scale, poly_pow, p_t_min, loss_min, p_t_turn (see
+    `poly_loss_minimum`), p_t_min_alpha_on_poly, map.
+    """
+    section = data.section(section_key)
+    records = []
+    for table in (section or {}).get("tables", []):
+        for row in table["rows"]:
+            overrides = row.get("overrides") or {}
+            if overrides.get("cls_loss") != "poly_focal":
+                continue
+            alpha, gamma = float(overrides.get("alpha", 0.25)), float(overrides.get("gamma", 2.0))
+            scale, power = float(overrides.get("poly_scale", 1.0)), float(overrides.get("poly_pow", 1.0))
+            p_min, loss_min, p_turn = poly_loss_minimum(alpha, gamma, scale, power)
+            p_min_alpha, _, _ = poly_loss_minimum(alpha, gamma, scale, power, alpha_on_poly=True)
+            mean, _, _, _ = _summary(data, row["run_ids"])
+            records.append({"label": row["label"], "alpha": alpha, "poly_scale": scale, "poly_pow": power,
+                            "p_t_min": p_min, "loss_min": loss_min, "p_t_turn": p_turn,
+                            "p_t_min_alpha_on_poly": p_min_alpha, "map": mean})
+    return pd.DataFrame.from_records(records, columns=["label", "alpha", "poly_scale", "poly_pow", "p_t_min",
+                                                       "loss_min", "p_t_turn", "p_t_min_alpha_on_poly", "map"])
