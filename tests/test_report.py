@@ -291,4 +291,7 @@ def test_poly_minimum_frame_rows(tmp_path):
     negative = frame.loc["MultiHeadFPN poly focal poly_scale=-1 poly_pow=3"]
     assert negative["p_t_min"] == pytest.approx(0.0885, abs=0.001)
     assert negative["p_t_min_alpha_on_poly"] == 1.0
+    assert negative["published"] == 0.7212
+    # The fake runs' metrics.json give a class loss of 1 in the last epoch.
+    assert negative["final_cls_loss"] == 1.0
     assert frame.loc["MultiHeadFPN poly focal poly_scale=1 poly_pow=3", "p_t_min"] == 1.0

@@ -21,8 +21,8 @@ DETECTIONS_FILE = "detections_sample.json"
 CHECKPOINT_FILE = Path("checkpoints") / "last.pt"
 MODEL_FILE = "model.pt"
 
-# Columns of history.csv. lr is the learning rate of the epoch's first step, and the
-# losses are means over the epoch's steps.
+# Columns of history.csv. lr is the base learning rate of the epoch's first step (the
+# backbone's is lr * backbone_lr_factor), and the losses are means over the epoch's steps.
 HISTORY_COLUMNS = ("epoch", "lr", "loss_obj", "loss_cls", "loss_box", "loss_total", "map_voc07", "epoch_time_s")
 
 # Precision and recall curves are thinned to this many points per class, enough to plot.

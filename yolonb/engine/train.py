@@ -587,7 +587,9 @@ def _run_experiment(config: RunConfig, out_dir: Path, progress: bool, force: boo
         loader = make_train_loader(data.train.records, config, runtime, seed, group)
 
         epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        # The last group contains the neck's and heads' biases, which train at the base lr.
+        # The backbone's groups run at lr * backbone_lr_factor.
+        lr = optimizer.param_groups[-1]["lr"]
         try:
             losses = train_one_epoch(
                 trained_model, loader, optimizer, scheduler, scaler, spec, config, runtime, epoch, progress, group

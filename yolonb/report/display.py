@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
+from yolonb.data import VOC_CLASSES
+
 from . import figures
 from .published import PIPELINE_CITATION, POST_CITATION, PUBLISHED_TEST_SET, PUBLISHED_TRAINING, REFERENCE_ROW
 from .tables import (ReportData, class_ap_frame, escape_text, poly_minimum_frame, provenance_frame, section_table,
@@ -170,17 +172,32 @@ def show_poly_minima(data: ReportData) -> None:
     if not low.empty:
         lowest = ", ".join(f"{value:.3f}" for value in low["p_t_min"])
         text += (f" For {len(low)} of the {len(frame)} rows it is lowest at p<sub>t</sub> = {lowest}, not 1. "
-                 "From there up to the p<sub>t</sub> of the column \"loss rises up to\", the loss grows with "
+                 "From there up to the p<sub>t</sub> in the column \"loss rises up to\", the loss grows with "
                  "p<sub>t</sub>, so gradient descent lowers the true class's probability of a positive instead "
                  "of raising it")
         if classes and (low["p_t_min"] < 1.0 / len(classes)).any():
             text += f", down to below the {1.0 / len(classes):.3f} of a uniform guess over {len(classes)} classes"
-        text += "."
+        text += ". Above that p<sub>t</sub> the loss falls again towards 0 at p<sub>t</sub> = 1."
+
+        trained = low.dropna(subset=["final_cls_loss"])
+        if not trained.empty and ((trained["final_cls_loss"] - trained["loss_min"]).abs() < 0.05).all():
+            text += (" The runs agree: their class loss in the last epoch is within 0.05 of the loss at the "
+                     "minimum.")
+        published = low["published"].dropna()
+        if not published.empty:
+            text += (f" The post's rows with these settings reach {published.min():.4f} to {published.max():.4f} "
+                     "on VOC, and the post does not give its formula.")
+            voc_guess = 1.0 / len(VOC_CLASSES)
+            if (low["p_t_min"] > voc_guess).all():
+                text += (f" With the {len(VOC_CLASSES)} VOC classes these minima lie above a uniform guess "
+                         f"({voc_guess:.3f}), so the same loss may do less harm there.")
         if (frame["p_t_min_alpha_on_poly"] >= 0.999).all():
-            text += (" Multiplying the poly term by alpha as well would put every row's minimum at "
-                     "p<sub>t</sub> = 1.")
+            text += (" Multiplying the poly term by alpha as well is a form without the minimum: every row's "
+                     "minimum would then be at p<sub>t</sub> = 1.")
     text += "</p>"
 
+    rises_up_to = [f"{turn:.3f}" if minimum < 0.999 else "–"
+                   for minimum, turn in zip(frame["p_t_min"], frame["p_t_turn"])]
     table = pd.DataFrame({
         "configuration": frame["label"],
         "alpha": [f"{value:g}" for value in frame["alpha"]],
@@ -188,10 +205,10 @@ def show_poly_minima(data: ReportData) -> None:
         "poly_pow": [f"{value:g}" for value in frame["poly_pow"]],
         "p_t at the minimum": [f"{value:.3f}" for value in frame["p_t_min"]],
         "loss there": [f"{value:.3f}" for value in frame["loss_min"]],
-        "loss rises up to": [f"{turn:.3f}" if low < 0.999 else "–" for low, turn in zip(frame["p_t_min"],
-                                                                                       frame["p_t_turn"])],
+        "loss rises up to": rises_up_to,
         "p_t at the minimum, alpha on the poly term too": [f"{value:.3f}" for value in frame["p_t_min_alpha_on_poly"]],
-        "mAP, this run": frame["map"],
+        "class loss, last epoch": frame["final_cls_loss"],
+        "mAP (VOC07), this run": frame["map"],
     })
     display(HTML(_STYLE + text + simple_table_html(table, caption="Minimum of the poly focal loss of a positive")))
 

@@ -190,8 +190,8 @@ def table_html(data: ReportData, frame: pd.DataFrame, caption: str = "") -> str:
     smaller than the spread across seeds is marked with "≈".
     """
     seeds = data.seeds
-    header = ["Configuration", "mAP, this run" if seeds == 1 else f"mAP, mean ± std of {seeds} seeds",
-              "Published mAP (VOC2007 test)", "Difference", "vs reference", "Run notebook"]
+    ours = "mAP (VOC07), this run" if seeds == 1 else f"mAP (VOC07), mean ± std of {seeds} seeds"
+    header = ["Configuration", ours, "Published mAP (VOC2007 test)", "Difference", "vs reference", "Run notebook"]
     lines = ['<table class="yolonb-table">']
     if caption:
         lines.append(f"<caption>{html.escape(caption)}</caption>")
@@ -326,7 +326,8 @@ def poly_minimum_frame(data: ReportData, section_key: str = "poly_focal") -> pd.
     """Tabulate, per poly focal row of the section, where its loss is lowest with and without alpha on the poly term.
 
     Columns: label, alpha, poly_scale, poly_pow, p_t_min, loss_min, p_t_turn (see
-    `poly_loss_minimum`), p_t_min_alpha_on_poly, map.
+    `poly_loss_minimum`), p_t_min_alpha_on_poly, final_cls_loss (the class loss of the
+    last epoch, mean over the row's finished runs), map, published.
     """
     section = data.section(section_key)
     records = []
@@ -340,8 +341,14 @@ def poly_minimum_frame(data: ReportData, section_key: str = "poly_focal") -> pd.
             p_min, loss_min, p_turn = poly_loss_minimum(alpha, gamma, scale, power)
             p_min_alpha, _, _ = poly_loss_minimum(alpha, gamma, scale, power, alpha_on_poly=True)
             mean, _, _, _ = _summary(data, row["run_ids"])
+            class_losses = [_finite((data.metrics.get(run_id) or {}).get("final_losses", {}).get("cls"))
+                            for run_id in row["run_ids"]]
+            class_losses = [value for value in class_losses if value is not None]
             records.append({"label": row["label"], "alpha": alpha, "poly_scale": scale, "poly_pow": power,
                             "p_t_min": p_min, "loss_min": loss_min, "p_t_turn": p_turn,
-                            "p_t_min_alpha_on_poly": p_min_alpha, "map": mean})
-    return pd.DataFrame.from_records(records, columns=["label", "alpha", "poly_scale", "poly_pow", "p_t_min",
-                                                       "loss_min", "p_t_turn", "p_t_min_alpha_on_poly", "map"])
+                            "p_t_min_alpha_on_poly": p_min_alpha,
+                            "final_cls_loss": sum(class_losses) / len(class_losses) if class_losses else None,
+                            "map": mean, "published": row.get("published")})
+    columns = ["label", "alpha", "poly_scale", "poly_pow", "p_t_min", "loss_min", "p_t_turn", "p_t_min_alpha_on_poly",
+               "final_cls_loss", "map", "published"]
+    return pd.DataFrame.from_records(records, columns=columns)
