@@ -474,7 +474,7 @@ def apply_overrides(config: RunConfig, assignments: Iterable[str]) -> RunConfig:
 # stages cut a fifth of the training time at the same mAP. The input size then mattered
 # most: the images are 128 to 192 pixels, and at 5 epochs the reference run reached mAP
 # 0.41 at 160 pixels, 0.51 at 192, 0.59 at 224 and 0.64 at 256. 224 pixels for 4 epochs
-# (0.53 and 0.55 for seeds 0 and 1) beat 160 pixels for 8 epochs (0.51) in less time.
+# (0.53 and 0.55 over two seeds) beat 160 pixels for 8 epochs (0.51) in less time.
 _QUICK = RunConfig()
 
 # The published recipe: VOC2007+2012 trainval, VOC2007 test, 416 pixels, SGD at lr 1e-3

@@ -19,6 +19,6 @@ REFERENCE_ROW = "reference/fpn"
 # The published recipe's test set; numbers from other data cannot be compared with the post.
 PUBLISHED_TEST_SET = "Pascal VOC2007 test"
 
-# The published training schedule, from the new-YOLOv1_PyTorch code base the post trains with
-# (the pipeline companion post); yolonb.config's `voc` profile sets the same values.
-PUBLISHED_TRAINING = "416 pixels, 160 epochs, batch 32, SGD at lr 0.001, multi-scale 320 to 608 pixels"
+# The training schedule of the new-YOLOv1_PyTorch code base that the post trains with.
+# The `voc` profile of yolonb.config sets the same values.
+PUBLISHED_TRAINING = "416 pixels, 160 epochs, batch 32, SGD at lr 0.001, with multi-scale training"

@@ -302,8 +302,8 @@ def poly_loss_minimum(alpha: float, gamma: float, poly_scale: float, poly_pow: f
 
     Returns:
         (p_t at the minimum, the loss there, the p_t of the highest loss above the minimum).
-        Between the first and the last, the loss grows with p_t, so gradient descent lowers
-        the true class's probability. All three are 1 for a loss that is lowest at p_t = 1.
+        Between the two p_t values the loss grows with p_t, so gradient descent lowers the
+        true class's probability. For a loss that is lowest at p_t = 1, both p_t values are 1.
     """
     import torch
 
